@@ -1,0 +1,165 @@
+/*
+ * What drivers see: the driver table, the node structure and the core
+ * helpers. Tools never include this file.
+ */
+#ifndef VIMG_CORE_DRIVER_H
+#define VIMG_CORE_DRIVER_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include <jansson.h>
+
+#include <vimg/error.h>
+#include <vimg/image.h>
+#include <vimg/node.h>
+#include <vimg/opts.h>
+
+enum vimg_driver_kind {
+    VIMG_DRIVER_FORMAT,
+    VIMG_DRIVER_PROTOCOL,
+};
+
+/* Permissions, as QEMU's file locking numbers them (lock bytes 100+i / 200+i). */
+#define VIMG_PERM_CONSISTENT_READ  0x01u
+#define VIMG_PERM_WRITE            0x02u
+#define VIMG_PERM_WRITE_UNCHANGED  0x04u
+#define VIMG_PERM_RESIZE           0x08u
+#define VIMG_PERM_ALL              0x0fu
+#define VIMG_PERM_BITS             4
+
+enum vimg_opt_type {
+    VIMG_OPT_STRING,
+    VIMG_OPT_BOOL,
+    VIMG_OPT_SIZE,
+    VIMG_OPT_NUMBER,
+};
+
+/* One creation option: drives `create -o help`, validation and measure. */
+struct vimg_opt_desc {
+    const char *name;
+    enum vimg_opt_type type;
+    const char *help;
+    const char *def;            /* printed in "Formatting ..." when set; may be NULL */
+};
+
+struct vimg_node;
+
+struct vimg_driver {
+    const char *name;
+    enum vimg_driver_kind kind;
+    size_t state_size;                    /* node->state, allocated zeroed by the core */
+    const char *const *protocols;         /* URI prefixes a protocol claims ("nbd", ...) */
+    bool is_filter;                       /* passes its parent's permissions to "file" */
+    bool has_zero_init;                   /* a new image reads as zeros */
+    bool supports_backing;
+
+    /* Score 0..100 for a header; filename may help (vpc, vvfat). */
+    int (*probe)(const uint8_t *buf, size_t len, const char *filename);
+    /* Protocols: score for a filename that names no protocol (host_device). */
+    int (*probe_device)(const char *filename);
+    /*
+     * Formats: node->file is open; protocols: the filename is in opts
+     * ("filename") and other keys are theirs. Keys not read are rejected by
+     * the core afterwards.
+     */
+    int (*open)(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
+                struct vimg_error *err);
+    void (*close)(struct vimg_node *node);
+    const struct vimg_opt_desc *create_opts;   /* NULL-name terminated */
+    /* opts holds validated creation options; formats create their file first. */
+    int (*create)(const char *filename, struct vimg_opts *opts, struct vimg_error *err);
+
+    int (*preadv)(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                  const struct iovec *iov, int n_iov, unsigned flags, struct vimg_error *err);
+    int (*pwritev)(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                   const struct iovec *iov, int n_iov, unsigned flags, struct vimg_error *err);
+    int (*pwrite_zeroes)(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                         unsigned flags, struct vimg_error *err);
+    int (*pwrite_compressed)(struct vimg_node *node, uint64_t offset, const void *buf,
+                             uint64_t bytes, struct vimg_error *err);
+    int (*discard)(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                   struct vimg_error *err);
+    int (*flush)(struct vimg_node *node, struct vimg_error *err);
+    int (*block_status)(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                        struct vimg_block_status *bs, struct vimg_error *err);
+    int64_t (*length)(struct vimg_node *node, struct vimg_error *err);
+    int64_t (*allocated_size)(struct vimg_node *node, struct vimg_error *err);
+    int (*truncate)(struct vimg_node *node, uint64_t size, bool is_exact, int prealloc,
+                    struct vimg_error *err);
+    /* Applies lock bytes for perm/shared and checks others' (protocols with files). */
+    int (*set_perm)(struct vimg_node *node, unsigned perm, unsigned shared,
+                    struct vimg_error *err);
+    /* Adds "format-specific" data for info; format-specific may stay NULL. */
+    int (*info)(struct vimg_node *node, json_t **format_specific, struct vimg_error *err);
+    int (*check)(struct vimg_node *node, int fix, struct vimg_check_result *result,
+                 struct vimg_error *err);
+    int (*measure)(struct vimg_opts *opts, struct vimg_node *in, uint64_t size,
+                   struct vimg_measure *out, struct vimg_error *err);
+    /* Copies [offset, +bytes) to dst at dst_offset without passing through memory. */
+    int (*copy_range_to)(struct vimg_node *node, uint64_t offset, struct vimg_node *dst,
+                         uint64_t dst_offset, uint64_t bytes, struct vimg_error *err);
+    /* The file descriptor behind a protocol node, for copy_range; -1 if none. */
+    int (*get_fd)(struct vimg_node *node);
+};
+
+struct vimg_node {
+    const struct vimg_driver *drv;
+    void *state;
+    char *filename;                 /* what messages and `info` call this node */
+    struct vimg_node *file;         /* child role "file" */
+    struct vimg_node *backing;      /* child role "backing" */
+    struct vimg_node *data_file;    /* child role "data-file" */
+    char *backing_filename;         /* as the image records it; set by format open */
+    char *backing_format;           /* as the image records it, or NULL */
+    char *full_backing_filename;    /* resolved against the image's directory */
+    unsigned open_flags;            /* VIMG_OPEN_* */
+    bool is_read_only;
+    bool is_probed_raw;             /* block 0 writes restricted */
+    uint32_t request_alignment;     /* driver sets in open; 1 = byte granular */
+    uint32_t mem_alignment;         /* buffer alignment the driver needs */
+    uint64_t max_transfer;          /* 0 = unlimited */
+    uint32_t cluster_size;          /* formats: allocation unit, 0 = none */
+    unsigned perm, shared_perm;     /* what the core asked of set_perm */
+    pthread_mutex_t rmw_lock;       /* serialises read-modify-write of partial blocks */
+};
+
+/* Calls that drivers make on their children and themselves (core/node.c). */
+int vimg_open_child(struct vimg_node **out, struct vimg_node *parent, const char *role,
+                    const char *filename, const char *format, struct vimg_opts *opts,
+                    unsigned flags, struct vimg_error *err);
+const struct vimg_driver *vimg_driver_find(const char *name);
+const struct vimg_driver *vimg_driver_at(size_t index);
+const struct vimg_driver *vimg_protocol_for(const char *filename);
+/* The protocol for a filename without "driver": URI prefix, device, else "file". */
+const struct vimg_driver *vimg_protocol_guess(const char *filename);
+void vimg_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Preallocation modes, in the order of QEMU's PreallocMode enum. */
+enum vimg_prealloc {
+    VIMG_PREALLOC_OFF,
+    VIMG_PREALLOC_METADATA,
+    VIMG_PREALLOC_FALLOC,
+    VIMG_PREALLOC_FULL,
+};
+int vimg_prealloc_parse(const char *s, int *out, struct vimg_error *err);
+const char *vimg_prealloc_name(int mode);
+
+/*
+ * Creates the storage for an image with the protocol filename names (file by
+ * default), passing it the protocol's creation options from opts.
+ */
+int vimg_create_file(const char *filename, struct vimg_opts *opts, struct vimg_error *err);
+
+/* Locking helpers for protocols with a file descriptor (core/lock.c). */
+enum vimg_lock_mode { VIMG_LOCK_AUTO, VIMG_LOCK_ON, VIMG_LOCK_OFF };
+int vimg_lock_apply(int fd, bool use_ofd, unsigned perm, unsigned shared,
+                    struct vimg_error *err);
+int vimg_lock_check(int fd, bool use_ofd, unsigned perm, unsigned shared,
+                    const char *filename, struct vimg_error *err);
+bool vimg_lock_ofd_available(int fd);
+
+#endif

@@ -1,0 +1,92 @@
+/*
+ * Whole-image queries: ImageInfo as QEMU's `info` builds it, check and
+ * measure dispatch with the reference texts for drivers that lack them.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "core/driver.h"
+
+int
+vimg_image_info(struct vimg_node *node, json_t **out, struct vimg_error *err)
+{
+    json_t *info = json_object();
+    json_t *spec = NULL;
+    int64_t size, allocated;
+    int ret;
+
+    if (!info)
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    size = vimg_node_length(node, err);
+    if (size < 0) {
+        json_decref(info);
+        return (int)size;
+    }
+    json_object_set_new(info, "filename", json_string(node->filename));
+    json_object_set_new(info, "format", json_string(node->drv->name));
+    json_object_set_new(info, "dirty-flag", json_false());
+    allocated = vimg_node_allocated_size(node, err);
+    if (allocated >= 0)
+        json_object_set_new(info, "actual-size", json_integer(allocated));
+    json_object_set_new(info, "virtual-size", json_integer(size));
+    if (node->cluster_size)
+        json_object_set_new(info, "cluster-size", json_integer(node->cluster_size));
+    if (node->backing_filename) {
+        json_object_set_new(info, "backing-filename", json_string(node->backing_filename));
+        if (node->full_backing_filename)
+            json_object_set_new(info, "full-backing-filename",
+                                json_string(node->full_backing_filename));
+        if (node->backing_format)
+            json_object_set_new(info, "backing-filename-format",
+                                json_string(node->backing_format));
+    }
+    if (node->drv->info) {
+        if ((ret = node->drv->info(node, &spec, err)) < 0) {
+            json_decref(info);
+            return ret;
+        }
+        if (spec)
+            json_object_set_new(info, "format-specific", spec);
+    }
+    *out = info;
+    return 0;
+}
+
+int
+vimg_image_check(struct vimg_node *node, int fix, struct vimg_check_result *result,
+                 struct vimg_error *err)
+{
+    memset(result, 0, sizeof(*result));
+    if (!node->drv->check)
+        return vimg_error_set(err, ENOTSUP, "This image format does not support checks");
+    return node->drv->check(node, fix, result, err);
+}
+
+int
+vimg_image_measure(const char *format, struct vimg_opts *opts, struct vimg_node *in,
+                   uint64_t size, struct vimg_measure *out, struct vimg_error *err)
+{
+    const struct vimg_driver *drv = vimg_driver_find(format);
+    int64_t len;
+    int ret;
+
+    memset(out, 0, sizeof(*out));
+    if (!drv)
+        return vimg_error_set(err, EINVAL, "Unknown file format '%s'", format);
+    if (in) {
+        if ((len = vimg_node_length(in, err)) < 0)
+            return (int)len;
+        size = (uint64_t)len;
+    }
+    if (drv->measure)
+        return drv->measure(opts, in, size, out, err);
+    if (strcmp(drv->name, "raw") != 0)
+        return vimg_error_set(err, ENOTSUP, "Format driver '%s' does not support size "
+                              "measurement", format);
+    /* A raw image takes exactly its size, holes or not, when fully allocated. */
+    if ((ret = vimg_create_validate(format, "file:", opts, err)) < 0)
+        return ret;
+    out->required = size;
+    out->fully_allocated = size;
+    return 0;
+}

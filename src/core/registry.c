@@ -1,0 +1,74 @@
+/* The only list of drivers. Sorted by name, one per line. */
+#include <string.h>
+
+#include "config.h"
+#include "core/driver.h"
+
+extern const struct vimg_driver vimg_file_driver;
+extern const struct vimg_driver vimg_host_device_driver;
+extern const struct vimg_driver vimg_raw_driver;
+
+static const struct vimg_driver *const drivers[] = {
+    &vimg_file_driver,
+    &vimg_host_device_driver,
+    &vimg_raw_driver,
+};
+
+#define N_DRIVERS (sizeof(drivers) / sizeof(drivers[0]))
+
+const struct vimg_driver *
+vimg_driver_at(size_t index)
+{
+    return index < N_DRIVERS ? drivers[index] : NULL;
+}
+
+size_t
+vimg_driver_count(void)
+{
+    return N_DRIVERS;
+}
+
+const char *
+vimg_driver_name(size_t index)
+{
+    return index < N_DRIVERS ? drivers[index]->name : NULL;
+}
+
+const struct vimg_driver *
+vimg_driver_find(const char *name)
+{
+    for (size_t i = 0; i < N_DRIVERS; i++)
+        if (strcmp(drivers[i]->name, name) == 0)
+            return drivers[i];
+    return NULL;
+}
+
+bool
+vimg_format_exists(const char *name)
+{
+    return vimg_driver_find(name) != NULL;
+}
+
+/* The protocol a filename names by its "proto:" prefix, or NULL. */
+const struct vimg_driver *
+vimg_protocol_for(const char *filename)
+{
+    const char *colon = strchr(filename, ':');
+    const char *slash = strchr(filename, '/');
+    size_t len;
+
+    if (!colon || (slash && slash < colon))
+        return NULL;
+    len = (size_t)(colon - filename);
+    for (size_t i = 0; i < N_DRIVERS; i++) {
+        const char *const *p = drivers[i]->protocols;
+        for (; p && *p; p++) {
+            size_t plen = strlen(*p);
+            /* "nbd+unix" and "gluster+tcp" share their driver's prefix. */
+            if (plen <= len && strncmp(filename, *p, plen) == 0 &&
+                (plen == len || filename[plen] == '+'))
+                return drivers[i];
+        }
+    }
+    return NULL;
+}

@@ -1,0 +1,42 @@
+/* What every tool shares: QEMU-style output, messages, --object handling. */
+#ifndef VIMG_TOOLS_COMMON_H
+#define VIMG_TOOLS_COMMON_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+#include <vimg/error.h>
+
+extern const char *tool_name;   /* "vimg", "vimg-io", ... for message prefixes */
+
+/* "tool: message\n" on stderr. */
+void tool_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Prints err after an optional prefix: "tool: <prefix><msg>". */
+void tool_error_err(const struct vimg_error *err, const char *prefix_fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Installs the library's warning printer (plain text on stderr). */
+void tool_setup_warnings(void);
+
+/* QEMU's JSON text: keys in QDict order, pretty with 4-space indent or compact. */
+void tool_json_print(FILE *f, const json_t *value, bool is_pretty);
+char *tool_json_dumps(const json_t *value, bool is_pretty);
+
+/* "1 GiB", "44.7 MiB", "0.977 MiB" as QEMU's size_to_str prints them. */
+void tool_size_to_str(uint64_t size, char *buf, size_t buf_size);
+
+/* The "    (NN.NN/100%)\r" progress lines of qemu-img -p. */
+struct tool_progress {
+    bool is_enabled;
+    float last_printed;
+};
+void tool_progress_init(struct tool_progress *p, bool is_enabled);
+void tool_progress_update(struct tool_progress *p, uint64_t done, uint64_t total);
+void tool_progress_end(struct tool_progress *p);
+
+/* Size argument parsing with qemu-img's cvtnum messages; -1 after printing one. */
+int64_t tool_cvtnum(const char *name, const char *value);
+
+#endif

@@ -1,0 +1,178 @@
+/* vimg info: qemu-img info, human and JSON, with --backing-chain. */
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vimg.h"
+
+enum { OPT_OBJECT = 256, OPT_IMAGE_OPTS, OPT_OUTPUT, OPT_BACKING_CHAIN, OPT_FORCE_SHARE };
+
+/* "compression-type" is printed "compression type" in the human form. */
+static void
+print_key(const char *key, int indent)
+{
+    printf("%*s", indent, "");
+    for (const char *p = key; *p; p++)
+        putchar(*p == '-' ? ' ' : *p);
+}
+
+/* The human rendering of a format-specific tree, as QEMU's dump of a QObject. */
+static void
+dump_value(const json_t *v, int indent)
+{
+    const char *key;
+    json_t *child;
+    size_t i;
+
+    if (json_is_object(v)) {
+        json_object_foreach((json_t *)v, key, child) {
+            print_key(key, indent);
+            if (json_is_object(child) || json_is_array(child)) {
+                printf(":\n");
+                dump_value(child, indent + 4);
+            } else {
+                printf(": ");
+                dump_value(child, 0);
+            }
+        }
+    } else if (json_is_array(v)) {
+        json_array_foreach(v, i, child) {
+            printf("%*s[%zu]:\n", indent, "", i);
+            dump_value(child, indent + 4);
+        }
+    } else if (json_is_string(v)) {
+        printf("%s\n", json_string_value(v));
+    } else if (json_is_integer(v)) {
+        printf("%" JSON_INTEGER_FORMAT "\n", json_integer_value(v));
+    } else if (json_is_boolean(v)) {
+        printf("%s\n", json_is_true(v) ? "true" : "false");
+    } else if (json_is_real(v)) {
+        printf("%g\n", json_real_value(v));
+    }
+}
+
+static void
+print_human(const json_t *info)
+{
+    json_t *v;
+    char size[64];
+
+    printf("image: %s\n", json_string_value(json_object_get(info, "filename")));
+    printf("file format: %s\n", json_string_value(json_object_get(info, "format")));
+    tool_size_to_str((uint64_t)json_integer_value(json_object_get(info, "virtual-size")), size,
+                     sizeof(size));
+    printf("virtual size: %s (%" JSON_INTEGER_FORMAT " bytes)\n", size,
+           json_integer_value(json_object_get(info, "virtual-size")));
+    if ((v = json_object_get(info, "actual-size"))) {
+        tool_size_to_str((uint64_t)json_integer_value(v), size, sizeof(size));
+        printf("disk size: %s\n", size);
+    } else {
+        printf("disk size: unavailable\n");
+    }
+    if (json_is_true(json_object_get(info, "encrypted")))
+        printf("encrypted: yes\n");
+    if ((v = json_object_get(info, "cluster-size")))
+        printf("cluster_size: %" JSON_INTEGER_FORMAT "\n", json_integer_value(v));
+    if (json_is_true(json_object_get(info, "dirty-flag")))
+        printf("cleanly shut down: no\n");
+    if ((v = json_object_get(info, "backing-filename"))) {
+        json_t *full = json_object_get(info, "full-backing-filename");
+        printf("backing file: %s", json_string_value(v));
+        if (!full)
+            printf(" (cannot determine actual path)");
+        else if (strcmp(json_string_value(full), json_string_value(v)) != 0)
+            printf(" (actual path: %s)", json_string_value(full));
+        printf("\n");
+    }
+    if ((v = json_object_get(info, "backing-filename-format")))
+        printf("backing file format: %s\n", json_string_value(v));
+    if ((v = json_object_get(info, "format-specific"))) {
+        printf("Format specific information:\n");
+        dump_value(json_object_get(v, "data"), 4);
+    }
+}
+
+static int
+collect_info(struct vimg_node *node, bool is_chain, json_t *list)
+{
+    struct vimg_error err = { 0 };
+
+    for (; node; node = is_chain ? vimg_node_backing(node) : NULL) {
+        json_t *info;
+        if (vimg_image_info(node, &info, &err) < 0) {
+            tool_error("%s", err.msg);
+            return -1;
+        }
+        json_array_append_new(list, info);
+    }
+    return 0;
+}
+
+int
+cmd_info(int argc, char **argv)
+{
+    static const struct option long_opts[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "format", required_argument, NULL, 'f' },
+        { "output", required_argument, NULL, OPT_OUTPUT },
+        { "backing-chain", no_argument, NULL, OPT_BACKING_CHAIN },
+        { "object", required_argument, NULL, OPT_OBJECT },
+        { "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
+        { "force-share", no_argument, NULL, 'U' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *fmt = NULL, *filename;
+    bool is_chain = false, is_image_opts = false;
+    unsigned flags = 0;
+    int is_json = 0, c, ret = 1;
+    struct vimg_node *node;
+    json_t *list;
+
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":f:hU", long_opts, NULL)) != -1) {
+        switch (c) {
+        case 'f': fmt = optarg; break;
+        case 'U': flags |= VIMG_OPEN_FORCE_SHARE; break;
+        case 'h': return 0;
+        case OPT_OUTPUT:
+            if ((is_json = img_output_format(optarg)) < 0)
+                return 1;
+            break;
+        case OPT_BACKING_CHAIN: is_chain = true; break;
+        case OPT_IMAGE_OPTS: is_image_opts = true; break;
+        case OPT_OBJECT:
+            if (!img_add_object(optarg))
+                return 1;
+            break;
+        case ':':
+            return img_usage_error("missing argument for option '%s'", argv[optind - 1]);
+        default:
+            return img_bad_option(argv);
+        }
+    }
+    if (optind != argc - 1)
+        return img_usage_error("Expecting one image file name");
+    filename = argv[optind];
+    node = img_open(is_image_opts, filename, fmt, flags, false);
+    if (!node)
+        return 1;
+    list = json_array();
+    if (collect_info(node, is_chain, list) == 0) {
+        ret = 0;
+        if (is_json) {
+            tool_json_print(stdout, is_chain ? list : json_array_get(list, 0), true);
+            printf("\n");
+        } else {
+            for (size_t i = 0; i < json_array_size(list); i++) {
+                if (i > 0)
+                    printf("\n");
+                print_human(json_array_get(list, i));
+            }
+        }
+    }
+    json_decref(list);
+    vimg_close(node);
+    return ret;
+}

@@ -1,0 +1,172 @@
+/* vimg: a drop-in replacement for qemu-img. Dispatches to one file per subcommand. */
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "vimg.h"
+
+struct command {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+};
+
+static const struct command commands[] = {
+    { "bench", cmd_bench },
+    { "check", cmd_check },
+    { "compare", cmd_compare },
+    { "convert", cmd_convert },
+    { "create", cmd_create },
+    { "dd", cmd_dd },
+    { "info", cmd_info },
+    { "map", cmd_map },
+    { "measure", cmd_measure },
+    { "resize", cmd_resize },
+};
+
+static const char help_text[] =
+"usage: vimg [standard options] command [command options]\n"
+"QEMU disk image utility\n"
+"\n"
+"    '-h', '--help'       display this help and exit\n"
+"    '-V', '--version'    output version information and exit\n"
+"    '-T', '--trace'      [[enable=]<pattern>][,events=<file>][,file=<file>]\n"
+"                         specify tracing options\n"
+"\n"
+"Command syntax:\n"
+"  bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename\n"
+"  check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename\n"
+"  compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2\n"
+"  convert [--object objectdef] [--image-opts] [--target-image-opts] [--target-is-zero] [--bitmaps] [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] filename [filename2 [...]] output_filename\n"
+"  create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]\n"
+"  dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output\n"
+"  info [--object objectdef] [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename\n"
+"  map [--object objectdef] [--image-opts] [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename\n"
+"  measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [--object objectdef] [--image-opts] [-f fmt] [-l snapshot_param] filename]\n"
+"  resize [--object objectdef] [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size\n"
+"\n"
+"Command parameters:\n"
+"  'filename' is a disk image filename\n"
+"  'objectdef' is a QEMU user creatable object definition. See the qemu(1)\n"
+"    manual page for a description of the object properties. The most common\n"
+"    object type is a 'secret', which is used to supply passwords and/or\n"
+"    encryption keys.\n"
+"  'fmt' is the disk image format. It is guessed automatically in most cases\n"
+"  'cache' is the cache mode used to write the output disk image, the valid\n"
+"    options are: 'none', 'writeback' (default, except for convert), 'writethrough',\n"
+"    'directsync' and 'unsafe' (default for convert)\n"
+"  'src_cache' is the cache mode used to read input disk images, the valid\n"
+"    options are the same as for the 'cache' option\n"
+"  'size' is the disk image size in bytes. Optional suffixes\n"
+"    'k' or 'K' (kilobyte, 1024), 'M' (megabyte, 1024k), 'G' (gigabyte, 1024M),\n"
+"    'T' (terabyte, 1024G), 'P' (petabyte, 1024T) and 'E' (exabyte, 1024P)  are\n"
+"    supported. 'b' is ignored.\n"
+"  'output_filename' is the destination disk image filename\n"
+"  'output_fmt' is the destination format\n"
+"  'options' is a comma separated list of format specific options in a\n"
+"    name=value format. Use -o help for an overview of the options supported by\n"
+"    the used format\n"
+"  '-c' indicates that target image must be compressed (qcow format only)\n"
+"  '-p' show progress of command (only certain commands)\n"
+"  '-q' use Quiet mode - do not print any output (except errors)\n"
+"  '-S' indicates the consecutive number of bytes (defaults to 4k) that must\n"
+"       contain only zeros for qemu-img to create a sparse image during\n"
+"       conversion. If the number of bytes is 0, the source will not be scanned for\n"
+"       unallocated or zero sectors, and the destination image will always be\n"
+"       fully allocated\n"
+"  '--output' takes the format in which the output must be done (human or json)\n"
+"  '-n' skips the target volume creation (useful if the volume is created\n"
+"       prior to running qemu-img)\n"
+"\n"
+"Parameters to check subcommand:\n"
+"  '-r' tries to repair any inconsistencies that are found during the check.\n"
+"       '-r leaks' repairs only cluster leaks, whereas '-r all' fixes all\n"
+"       kinds of errors, with a higher risk of choosing the wrong fix or\n"
+"       hiding corruption that has already occurred.\n"
+"\n"
+"Parameters to convert subcommand:\n"
+"  '-m' specifies how many coroutines work in parallel during the convert\n"
+"       process (defaults to 8)\n"
+"  '-W' allow to write to the target out of order rather than sequential\n"
+"\n"
+"Parameters to compare subcommand:\n"
+"  '-f' first image format\n"
+"  '-F' second image format\n"
+"  '-s' run in Strict mode - fail on different image size or sector allocation\n"
+"\n"
+"Parameters to dd subcommand:\n"
+"  'bs=BYTES' read and write up to BYTES bytes at a time (default: 512)\n"
+"  'count=N' copy only N input blocks\n"
+"  'if=FILE' read from FILE\n"
+"  'of=FILE' write to FILE\n"
+"  'skip=N' skip N bs-sized blocks at the start of input\n";
+
+static void
+print_help(void)
+{
+    fputs(help_text, stdout);
+    printf("\nSupported formats:");
+    for (size_t i = 0; i < vimg_driver_count(); i++)
+        printf(" %s", vimg_driver_name(i));
+    printf("\n\nSee <https://qemu.org/contribute/report-a-bug> for how to report bugs.\n"
+           "More information on the QEMU project at <https://qemu.org>.\n");
+}
+
+static void
+print_version(void)
+{
+    printf("vimg version " VIMG_VERSION " (compatible with qemu-img 7.2)\n"
+           "Copyright (c) 2026 the vimg developers\n");
+}
+
+int
+img_usage_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    fprintf(stderr, "%s: ", tool_name);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry '%s --help' for more information\n", tool_name);
+    return 1;
+}
+
+int
+img_bad_option(char **argv)
+{
+    extern int optind, optopt;
+
+    if (optopt && optopt != '?')
+        return img_usage_error("unrecognized option '-%c'", optopt);
+    return img_usage_error("unrecognized option '%s'", argv[optind - 1]);
+}
+
+int
+main(int argc, char **argv)
+{
+    const char *cmd;
+
+    tool_setup_warnings();
+    if (argc < 2)
+        return img_usage_error("Not enough arguments");
+    cmd = argv[1];
+    if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0) {
+        print_help();
+        return 0;
+    }
+    if (strcmp(cmd, "-V") == 0 || strcmp(cmd, "--version") == 0) {
+        print_version();
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        if (strcmp(commands[i].name, cmd) == 0) {
+            int ret = commands[i].fn(argc - 1, argv + 1);
+            vimg_objects_clear();
+            return ret;
+        }
+    }
+    return img_usage_error("Command not found: %s", cmd);
+}

@@ -1,0 +1,43 @@
+/* The vimg tool's subcommands and the helpers they share. */
+#ifndef VIMG_TOOLS_VIMG_H
+#define VIMG_TOOLS_VIMG_H
+
+#include <stdbool.h>
+
+#include <vimg/image.h>
+#include <vimg/node.h>
+#include <vimg/object.h>
+#include <vimg/opts.h>
+
+#include "../common.h"
+
+int cmd_bench(int argc, char **argv);
+int cmd_check(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
+int cmd_create(int argc, char **argv);
+int cmd_dd(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_map(int argc, char **argv);
+int cmd_measure(int argc, char **argv);
+int cmd_resize(int argc, char **argv);
+
+/* "unrecognized option" / "Try 'vimg --help'" as qemu-img words them; returns 1. */
+int img_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* getopt error for the option at argv[optind - 1]; returns 1. */
+int img_bad_option(char **argv);
+/* Registers an --object argument, printing the error; false on failure. */
+bool img_add_object(const char *spec);
+/* Parses the --output argument: 0 human, 1 json, -1 after printing the error. */
+int img_output_format(const char *arg);
+/* Sets up flags from a -t/-T cache mode; false after printing the error. */
+bool img_cache_flags(const char *mode, unsigned *flags, bool is_source);
+
+/*
+ * Opens filename as qemu-img's img_open does: --image-opts parses filename
+ * as options; errors print "Could not open 'NAME': ..." and return NULL.
+ */
+struct vimg_node *img_open(bool is_image_opts, const char *filename, const char *fmt,
+                           unsigned flags, bool is_quiet);
+
+#endif
