@@ -86,6 +86,13 @@ int vimg_node_pwrite_compressed(struct vimg_node *node, uint64_t offset, const v
 int vimg_node_discard(struct vimg_node *node, uint64_t offset, uint64_t bytes,
                       struct vimg_error *err);
 int vimg_node_flush(struct vimg_node *node, struct vimg_error *err);
+/*
+ * Copies [offset, +bytes) of src to dst at dst_offset without passing the
+ * data through memory (copy_file_range); ENOTSUP where either side cannot.
+ * Both must be protocol nodes or raw formats directly over one.
+ */
+int vimg_node_copy_range(struct vimg_node *src, uint64_t offset, struct vimg_node *dst,
+                         uint64_t dst_offset, uint64_t bytes, struct vimg_error *err);
 /* Virtual size in bytes, or -errno. */
 int64_t vimg_node_length(struct vimg_node *node, struct vimg_error *err);
 /* Bytes the image takes on its storage (all files), or -errno. */

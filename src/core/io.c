@@ -615,3 +615,38 @@ vimg_node_block_status_above(struct vimg_node *node, struct vimg_node *base, uin
         depth++;
     }
 }
+
+/* Where the bytes of a raw-over-protocol stack really are: the protocol node and its offset. */
+static struct vimg_node *
+copy_range_endpoint(struct vimg_node *node, uint64_t *offset)
+{
+    while (node->drv->kind == VIMG_DRIVER_FORMAT) {
+        struct vimg_block_status bs;
+        if (!node->drv->is_filter || !node->drv->block_status || !node->file ||
+            node->drv->block_status(node, *offset, 1, &bs, NULL) < 0 ||
+            !(bs.flags & VIMG_BS_RAW))
+            return NULL;
+        *offset = bs.offset;
+        node = bs.file;
+    }
+    return node;
+}
+
+int
+vimg_node_copy_range(struct vimg_node *src, uint64_t offset, struct vimg_node *dst,
+                     uint64_t dst_offset, uint64_t bytes, struct vimg_error *err)
+{
+    struct vimg_node *from, *to;
+    int ret;
+
+    if ((ret = check_writable(dst, err)) < 0)
+        return ret;
+    if ((ret = check_range(src, offset, bytes, err)) < 0 ||
+        (ret = check_range(dst, dst_offset, bytes, err)) < 0)
+        return ret;
+    from = copy_range_endpoint(src, &offset);
+    to = copy_range_endpoint(dst, &dst_offset);
+    if (!from || !to || !from->drv->copy_range_to)
+        return vimg_error_set(err, ENOTSUP, "Copy offloading is not supported");
+    return from->drv->copy_range_to(from, offset, to, dst_offset, bytes, err);
+}
