@@ -41,8 +41,8 @@ host_device_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
         return ret;
     if (fstat(s->fd, &st) < 0 || !S_ISBLK(st.st_mode)) {
         vimg_posix_close(node);
-        return vimg_error_set(err, EINVAL, "'host_device' driver expects either a character "
-                              "or block device");
+        return vimg_error_set(err, EINVAL, "'host_device' driver requires '%s' to be either "
+                              "a character or block device", node->filename);
     }
     if (flags & VIMG_OPEN_NOCACHE) {
         /* The logical sector size is what O_DIRECT requires, in length and memory. */
@@ -145,7 +145,7 @@ host_device_create(const char *filename, struct vimg_opts *opts, struct vimg_err
     if (ret < 0)
         return vimg_error_set_errno(err, errno, "Could not get the size of the device");
     if (size > dev_size)
-        return vimg_error_set(err, ENOSPC, "Device is too small");
+        return vimg_error_set(err, ENOSPC, "Cannot grow device files");
     return 0;
 }
 

@@ -10,7 +10,7 @@
 set -u
 LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SRC_ROOT=$(cd "$LIB_DIR/../.." && pwd)
-VIMG_BUILD=${VIMG_BUILD:-$SRC_ROOT/build}
+VIMG_BUILD=$(cd "${VIMG_BUILD:-$SRC_ROOT/build}" && pwd)
 VIMG=${VIMG:-$VIMG_BUILD/tools/vimg}
 VIMG_IO=${VIMG_IO:-$VIMG_BUILD/tools/vimg-io}
 VIMG_NBD=${VIMG_NBD:-$VIMG_BUILD/tools/vimg-nbd}

@@ -1,0 +1,14 @@
+#!/bin/bash
+# Installs every Debian 12 package vimg needs to build and test (idempotent).
+set -e
+BUILD_PKGS="meson ninja-build pkg-config gcc clang libjansson-dev liburing-dev libcmocka-dev"
+PEER_PKGS="qemu-utils python3 bzip2 util-linux kmod"
+missing=""
+for p in $BUILD_PKGS $PEER_PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $missing
+fi
