@@ -36,6 +36,10 @@ int vimg_opts_set_default(struct vimg_opts *opts, const char *path, const char *
 /* Merges every entry of src into dst, src winning; src is left unchanged. */
 int vimg_opts_merge(struct vimg_opts *dst, const struct vimg_opts *src, struct vimg_error *err);
 bool vimg_opts_del(struct vimg_opts *opts, const char *path);
+/* Like vimg_opts_set, remembering that the value was a JSON number. */
+int vimg_opts_set_number(struct vimg_opts *opts, const char *path, const char *value,
+                         struct vimg_error *err);
+bool vimg_opts_is_number(const struct vimg_opts *opts, const char *path);
 
 /* Returns the string at path and marks it used, or NULL (also when it is a dict). */
 const char *vimg_opts_get(struct vimg_opts *opts, const char *path);

@@ -56,6 +56,8 @@ struct vimg_driver {
     bool is_filter;                       /* passes its parent's permissions to "file" */
     bool has_zero_init;                   /* a new image reads as zeros */
     bool supports_backing;
+    /* Options that change what the guest sees; when given, `info` names the node json:{...}. */
+    const char *const *strong_opts;
 
     /* Score 0..100 for a header; filename may help (vpc, vvfat). */
     int (*probe)(const uint8_t *buf, size_t len, const char *filename);
@@ -110,6 +112,7 @@ struct vimg_node {
     const struct vimg_driver *drv;
     void *state;
     char *filename;                 /* what messages and `info` call this node */
+    json_t *strong_opts;            /* the strong options given at open, typed as given */
     struct vimg_node *file;         /* child role "file" */
     struct vimg_node *backing;      /* child role "backing" */
     struct vimg_node *data_file;    /* child role "data-file" */

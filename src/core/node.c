@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <vimg/json.h>
+
 #include "core/driver.h"
 
 #define PROBE_BUF_SIZE 2048
@@ -90,6 +92,7 @@ vimg_close(struct vimg_node *node)
     free(node->backing_filename);
     free(node->backing_format);
     free(node->full_backing_filename);
+    json_decref(node->strong_opts);
     free(node);
 }
 
@@ -320,6 +323,70 @@ node_open_backing(struct vimg_node *node, struct vimg_opts *opts, unsigned flags
     return ret;
 }
 
+/* Keeps the strong options the user gave, with their JSON types. */
+static int
+node_keep_strong_opts(struct vimg_node *node, const struct vimg_opts *opts,
+                      struct vimg_error *err)
+{
+    for (const char *const *name = node->drv->strong_opts; name && *name; name++) {
+        const char *v = vimg_opts_peek(opts, *name);
+        json_t *j;
+        if (!v)
+            continue;
+        if (!node->strong_opts && !(node->strong_opts = json_object()))
+            return vimg_error_set(err, ENOMEM, "Out of memory");
+        j = vimg_opts_is_number(opts, *name) ? json_integer(strtoll(v, NULL, 10))
+                                              : json_string(v);
+        json_object_set_new(node->strong_opts, *name, j);
+    }
+    return 0;
+}
+
+/* The json:{...} description of a node: driver, strong options, file child. */
+static json_t *
+node_json_desc(const struct vimg_node *node)
+{
+    json_t *desc = json_object();
+    const char *key;
+    json_t *v;
+
+    json_object_set_new(desc, "driver", json_string(node->drv->name));
+    if (node->drv->kind == VIMG_DRIVER_PROTOCOL) {
+        json_object_set_new(desc, "filename", json_string(node->filename));
+        return desc;
+    }
+    json_object_foreach(node->strong_opts, key, v)
+        json_object_set(desc, key, v);
+    if (node->file)
+        json_object_set_new(desc, "file", node_json_desc(node->file));
+    return desc;
+}
+
+/*
+ * A format node is named like its file when nothing else changes what the
+ * guest sees; otherwise, as in QEMU, by a json: description of the graph.
+ */
+static int
+node_refresh_filename(struct vimg_node *node, struct vimg_error *err)
+{
+    json_t *desc;
+    char *text, *name;
+
+    if (!node->strong_opts && node->file && node->file->drv->kind == VIMG_DRIVER_PROTOCOL)
+        return 0;
+    desc = node_json_desc(node);
+    text = desc ? vimg_json_dumps(desc, false) : NULL;
+    json_decref(desc);
+    if (!text || asprintf(&name, "json:%s", text) < 0) {
+        free(text);
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    }
+    free(text);
+    free(node->filename);
+    node->filename = name;
+    return 0;
+}
+
 static int
 node_open(struct vimg_node **out, struct vimg_opts *opts, const char *filename, unsigned flags,
           struct vimg_error *err)
@@ -373,6 +440,9 @@ node_open(struct vimg_node **out, struct vimg_opts *opts, const char *filename, 
     }
     if ((ret = drv->open(node, opts, flags, err)) < 0)
         goto fail_no_close;
+    if ((ret = node_keep_strong_opts(node, opts, err)) < 0 ||
+        (ret = node_refresh_filename(node, err)) < 0)
+        goto fail;
     if (node->is_probed_raw && (flags & VIMG_OPEN_RDWR))
         vimg_warn("WARNING: Image format was not specified for '%s' and probing guessed raw.\n"
                   "         Automatically detecting the format is dangerous for raw images, "

@@ -56,7 +56,7 @@ json_put(struct vimg_opts *opts, const char *path, json_t *v, struct vimg_error 
         return vimg_opts_set(opts, path, json_string_value(v), err);
     case JSON_INTEGER:
         snprintf(buf, sizeof(buf), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
-        return vimg_opts_set(opts, path, buf, err);
+        return vimg_opts_set_number(opts, path, buf, err);
     case JSON_REAL:
         snprintf(buf, sizeof(buf), "%.17g", json_real_value(v));
         return vimg_opts_set(opts, path, buf, err);

@@ -17,6 +17,7 @@ struct opt_entry {
     char *value;              /* NULL when the entry is a dictionary */
     struct vimg_opts *dict;
     bool is_used;
+    bool is_number;           /* came from a JSON number (keeps its type in json: names) */
 };
 
 struct vimg_opts {
@@ -91,6 +92,7 @@ vimg_opts_dup(const struct vimg_opts *opts)
         if (!dst)
             goto fail;
         dst->is_used = src->is_used;
+        dst->is_number = src->is_number;
         if (src->dict) {
             dst->dict = vimg_opts_dup(src->dict);
             if (!dst->dict)
@@ -168,6 +170,7 @@ opts_set(struct vimg_opts *opts, const char *path, const char *value, bool overw
     free(e->value);
     e->value = copy;
     e->is_used = false;
+    e->is_number = false;
     return 0;
 }
 
@@ -575,4 +578,24 @@ vimg_opts_get_enum(struct vimg_opts *opts, const char *path, const char *const *
         }
     }
     return vimg_error_set(err, EINVAL, "invalid parameter value: %s", v);
+}
+
+int
+vimg_opts_set_number(struct vimg_opts *opts, const char *path, const char *value,
+                     struct vimg_error *err)
+{
+    struct opt_entry *e;
+    int ret = vimg_opts_set(opts, path, value, err);
+
+    if (ret == 0 && (e = opts_lookup(opts, path)) != NULL)
+        e->is_number = true;
+    return ret;
+}
+
+bool
+vimg_opts_is_number(const struct vimg_opts *opts, const char *path)
+{
+    struct opt_entry *e = opts_lookup(opts, path);
+
+    return e && e->is_number;
 }

@@ -44,9 +44,8 @@ raw_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
     if (file_len < 0)
         return (int)file_len;
     if (s->offset > (uint64_t)file_len)
-        return vimg_error_set(err, EINVAL, "The sum of offset (%" PRIu64 ") and size (0) has "
-                              "to be smaller or equal to the  actual size of the containing "
-                              "file (%" PRId64 ")", s->offset, file_len);
+        return vimg_error_set(err, EINVAL, "Offset (%" PRIu64 ") cannot be greater than size "
+                              "of the containing file (%" PRId64 ")", s->offset, file_len);
     if (s->has_size) {
         if (s->size % 512)
             return vimg_error_set(err, EINVAL, "Specified size is not multiple of 512");
@@ -178,11 +177,14 @@ raw_create(const char *filename, struct vimg_opts *opts, struct vimg_error *err)
     return vimg_create_file(filename, opts, err);
 }
 
+static const char *const raw_strong_opts[] = { "offset", "size", NULL };
+
 const struct vimg_driver vimg_raw_driver = {
     .name = "raw",
     .kind = VIMG_DRIVER_FORMAT,
     .state_size = sizeof(struct raw_state),
     .is_filter = true,
+    .strong_opts = raw_strong_opts,
     .probe = raw_probe,
     .open = raw_open,
     .create_opts = raw_create_opts,

@@ -36,6 +36,14 @@ check 'json:{"driver":"raw",}'
 check 'json:[1]'
 check 'json:{}x'
 check --image-opts driver=raw,file.filename=a.raw
+check --image-opts driver=raw,file.filename=a.raw,offset=1024,size=512 --output=json
+check --image-opts driver=raw,file.filename=a.raw,offset=1024
+check 'json:{"driver":"raw","offset":512,"size":1024,"file":{"driver":"file","filename":"a.raw"}}'
+check --output=json 'json:{"driver":"raw","file":{"driver":"raw","file":{"driver":"file","filename":"a.raw"}}}'
+check --output=json 'json:{"file":{"driver":"file","filename":"a.raw","locking":"off","aio":"threads"}}'
+check 'json:{"file":{"driver":"file","filename":"a.raw"},"offset":"1k"}'
+check 'json:{"driver":"raw","offset":"4k","size":"1023","file":{"driver":"file","filename":"a.raw"}}'
+check 'json:{"driver":"raw","offset":"2G","file":{"driver":"file","filename":"a.raw"}}'
 check --image-opts driver=file,filename=a.raw --output=json
 check --image-opts driver=raw,file.filename=a.raw,file.locking=maybe
 check --image-opts -f raw driver=raw,file.filename=a.raw
