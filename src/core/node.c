@@ -601,6 +601,17 @@ vimg_open_child(struct vimg_node **out, struct vimg_node *parent, const char *ro
     (void)role;
     if ((ret = opts_prepare(&o, filename, format, opts, err)) < 0)
         return ret;
+    if ((flags & VIMG_OPEN_PROTOCOL) && !vimg_opts_has(o, "driver")) {
+        const char *name = vimg_opts_peek(o, "filename");
+        if (!name)
+            name = filename;
+        if (name)
+            ret = vimg_opts_set(o, "driver", vimg_protocol_guess(name)->name, err);
+        if (ret < 0) {
+            vimg_opts_free(o);
+            return ret;
+        }
+    }
     if (filename && parent && parent->filename && !vimg_opts_has(o, "file")) {
         char *full = path_join_dir(parent->filename, filename);
         if (!full) {

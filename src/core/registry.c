@@ -4,11 +4,13 @@
 #include "config.h"
 #include "core/driver.h"
 
+extern const struct vimg_driver vimg_blkdebug_driver;
 extern const struct vimg_driver vimg_file_driver;
 extern const struct vimg_driver vimg_host_device_driver;
 extern const struct vimg_driver vimg_raw_driver;
 
 static const struct vimg_driver *const drivers[] = {
+    &vimg_blkdebug_driver,
     &vimg_file_driver,
     &vimg_host_device_driver,
     &vimg_raw_driver,
