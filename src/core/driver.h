@@ -127,6 +127,10 @@ struct vimg_node {
     uint64_t max_transfer;          /* 0 = unlimited */
     uint32_t cluster_size;          /* formats: allocation unit, 0 = none */
     unsigned perm, shared_perm;     /* what the core asked of set_perm */
+    bool is_root;                   /* opened by vimg_open: requests are checked against
+                                       cached_length; children may be written past their
+                                       end (a format growing its file) */
+    int64_t cached_length;          /* root only: the guest-visible size */
     pthread_mutex_t rmw_lock;       /* serialises read-modify-write of partial blocks */
 };
 

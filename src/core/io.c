@@ -20,17 +20,19 @@ unsupported(struct vimg_node *node, const char *what, struct vimg_error *err)
     return vimg_error_set(err, ENOTSUP, "Operation not supported by %s", node->drv->name);
 }
 
+/*
+ * Only requests on the image a caller opened are checked against its size;
+ * a driver may read or write its children past their end (reads there
+ * return zeros, writes grow the file).
+ */
 static int
 check_range(struct vimg_node *node, uint64_t offset, uint64_t bytes, struct vimg_error *err)
 {
-    int64_t len;
-
     if (offset > MAX_REQUEST_BYTES || bytes > MAX_REQUEST_BYTES)
         return vimg_error_set(err, EIO, "Input/output error");
-    len = vimg_node_length(node, err);
-    if (len < 0)
-        return (int)len;
-    if (offset > (uint64_t)len || bytes > (uint64_t)len - offset)
+    if (!node->is_root)
+        return 0;
+    if (offset > (uint64_t)node->cached_length || bytes > (uint64_t)node->cached_length - offset)
         return vimg_error_set(err, EIO, "Input/output error");
     return 0;
 }
@@ -339,9 +341,10 @@ vimg_node_pwritev(struct vimg_node *node, uint64_t offset, uint64_t bytes,
         return 0;
     if (!node->drv->pwritev)
         return unsupported(node, "write", err);
-    if (node->open_flags & VIMG_OPEN_WRITETHROUGH)
-        flags |= VIMG_REQ_FUA;
     ret = driver_write_aligned(node, offset, bytes, iov, n_iov, flags, err);
+    /* Writethrough: the write is only complete once it is on stable storage. */
+    if (ret == 0 && node->is_root && (node->open_flags & VIMG_OPEN_WRITETHROUGH))
+        ret = vimg_node_flush(node, err);
     return ret;
 }
 
@@ -521,7 +524,14 @@ vimg_node_truncate(struct vimg_node *node, uint64_t size, bool is_exact, const c
         return vimg_error_set(err, ENOTSUP, "Image format driver does not support resize");
     if (size > (uint64_t)INT64_MAX)
         return vimg_error_set(err, EINVAL, "Image size is too large");
-    return node->drv->truncate(node, size, is_exact, mode, err);
+    ret = node->drv->truncate(node, size, is_exact, mode, err);
+    if (ret == 0 && node->is_root) {
+        int64_t len = vimg_node_length(node, err);
+        if (len < 0)
+            return (int)len;
+        node->cached_length = len;
+    }
+    return ret;
 }
 
 int

@@ -586,6 +586,13 @@ vimg_open(struct vimg_node **out, const char *filename, const char *format,
         vimg_close(node);
         return ret;
     }
+    node->cached_length = vimg_node_length(node, err);
+    if (node->cached_length < 0) {
+        ret = (int)node->cached_length;
+        vimg_close(node);
+        return ret;
+    }
+    node->is_root = true;
     *out = node;
     return 0;
 }
