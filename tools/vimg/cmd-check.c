@@ -135,20 +135,13 @@ cmd_check(int argc, char **argv)
     }
     if (optind != argc - 1)
         return img_usage_error("Expecting one image file name");
-    if (fix && (flags & VIMG_OPEN_FORCE_SHARE)) {
-        tool_error("force-share=on can only be used with read-only images");
-        return 1;
-    }
     filename = argv[optind];
     node = img_open(is_image_opts, filename, fmt, flags, is_quiet);
     if (!node)
         return 1;
     ret = vimg_image_check(node, fix, &result, &err);
     if (ret == -ENOTSUP) {
-        if (!is_json)
-            tool_error("This image format does not support checks");
-        else
-            tool_error("This image format does not support checks");
+        tool_error("This image format does not support checks");
         vimg_close(node);
         return 63;
     }
