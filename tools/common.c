@@ -134,3 +134,45 @@ tool_cvtnum(const char *name, const char *value)
     }
     return (int64_t)n;
 }
+
+void
+tool_meter_init(struct tool_meter *m, bool is_enabled, float min_skip)
+{
+    m->is_enabled = is_enabled;
+    m->current = 0;
+    m->last_printed = 0;
+    m->min_skip = min_skip;
+}
+
+void
+tool_meter_set(struct tool_meter *m, float pct)
+{
+    if (pct > 100)
+        pct = 100;
+    m->current = pct;
+    if (!m->is_enabled)
+        return;
+    if (pct > m->last_printed + m->min_skip || pct < m->last_printed - m->min_skip ||
+        pct == 0 || pct == 100) {
+        m->last_printed = pct;
+        printf("    (%3.2f/100%%)\r", pct);
+        fflush(stdout);
+    }
+}
+
+void
+tool_meter_add(struct tool_meter *m, float delta)
+{
+    /* Scaled the way qemu scales a delta against its maximum of 100, in float, so that
+     * sums of figures round exactly as qemu's do. */
+    tool_meter_set(m, m->current + delta / 100.0f * 100.0f);
+}
+
+void
+tool_meter_end(struct tool_meter *m)
+{
+    if (!m->is_enabled)
+        return;
+    printf("\n");
+    fflush(stdout);
+}

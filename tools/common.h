@@ -39,4 +39,21 @@ void tool_progress_end(struct tool_progress *p);
 /* Size argument parsing with qemu-img's cvtnum messages; -1 after printing one. */
 int64_t tool_cvtnum(const char *name, const char *value);
 
+/*
+ * qemu's progress meter as convert and compare drive it: a figure is set
+ * (tool_meter_set) or added to (tool_meter_add) and printed as
+ * "    (NN.NN/100%)\r" when it moved by more than min_skip since the last one
+ * printed, or is 0 or 100. tool_meter_end prints the final newline only.
+ */
+struct tool_meter {
+    bool is_enabled;
+    float current;
+    float last_printed;
+    float min_skip;
+};
+void tool_meter_init(struct tool_meter *m, bool is_enabled, float min_skip);
+void tool_meter_set(struct tool_meter *m, float pct);
+void tool_meter_add(struct tool_meter *m, float delta);
+void tool_meter_end(struct tool_meter *m);
+
 #endif

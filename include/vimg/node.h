@@ -25,6 +25,7 @@ struct vimg_node;
 #define VIMG_OPEN_WRITETHROUGH  0x0080u  /* flush after every write */
 #define VIMG_OPEN_PROTOCOL      0x0100u  /* the filename names storage: no format probing */
 #define VIMG_OPEN_NO_IO         0x0200u  /* metadata only (info of an image in use) */
+#define VIMG_OPEN_NO_SHARE_RESIZE 0x0400u  /* let nobody else resize (qemu-nbd) */
 
 /* Request flags */
 #define VIMG_REQ_FUA            0x0001u  /* data reaches stable storage before return */

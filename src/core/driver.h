@@ -56,6 +56,7 @@ struct vimg_driver {
     bool is_filter;                       /* passes its parent's permissions to "file" */
     bool has_zero_init;                   /* a new image reads as zeros */
     bool supports_backing;
+    bool lacks_get_info;                  /* QEMU's driver has no get_info: info omits "dirty-flag" */
     /* Options that change what the guest sees; when given, `info` names the node json:{...}. */
     const char *const *strong_opts;
 
@@ -132,6 +133,7 @@ struct vimg_node {
                                        end (a format growing its file) */
     int64_t cached_length;          /* root only: the guest-visible size */
     pthread_mutex_t rmw_lock;       /* serialises read-modify-write of partial blocks */
+    bool is_dirty;                  /* formats: not closed cleanly ("dirty-flag" in info) */
 };
 
 /* Calls that drivers make on their children and themselves (core/node.c). */

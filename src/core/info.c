@@ -7,6 +7,17 @@
 
 #include "core/driver.h"
 
+/* Whether QEMU's get_info answers for node: filters (raw) ask their file. */
+static bool
+info_has_get_info(const struct vimg_node *node)
+{
+    if (node->drv->kind == VIMG_DRIVER_PROTOCOL)
+        return !node->drv->lacks_get_info;
+    if (node->drv->is_filter && node->file)
+        return info_has_get_info(node->file);
+    return true;
+}
+
 int
 vimg_image_info(struct vimg_node *node, json_t **out, struct vimg_error *err)
 {
@@ -24,7 +35,8 @@ vimg_image_info(struct vimg_node *node, json_t **out, struct vimg_error *err)
     }
     json_object_set_new(info, "filename", json_string(node->filename));
     json_object_set_new(info, "format", json_string(node->drv->name));
-    json_object_set_new(info, "dirty-flag", json_false());
+    if (info_has_get_info(node))
+        json_object_set_new(info, "dirty-flag", json_boolean(node->is_dirty));
     allocated = vimg_node_allocated_size(node, err);
     if (allocated >= 0)
         json_object_set_new(info, "actual-size", json_integer(allocated));
@@ -81,12 +93,12 @@ vimg_image_measure(const char *format, struct vimg_opts *opts, struct vimg_node 
     if (drv->measure)
         return drv->measure(opts, in, size, out, err);
     if (strcmp(drv->name, "raw") != 0)
-        return vimg_error_set(err, ENOTSUP, "Format driver '%s' does not support size "
+        return vimg_error_set(err, ENOTSUP, "Block driver '%s' does not support size "
                               "measurement", format);
-    /* A raw image takes exactly its size, holes or not, when fully allocated. */
+    /* A raw image takes its size in whole sectors, holes or not. */
     if ((ret = vimg_create_validate(format, "file:", opts, err)) < 0)
         return ret;
-    out->required = size;
-    out->fully_allocated = size;
+    out->required = (size + 511) / 512 * 512;
+    out->fully_allocated = out->required;
     return 0;
 }

@@ -449,6 +449,10 @@ node_open(struct vimg_node **out, struct vimg_opts *opts, const char *filename, 
                   "write operations on block 0 will be restricted.\n"
                   "         Specify the 'raw' format explicitly to remove the restrictions.",
                   node->filename);
+    /* The block-0 check must see whole sectors, so a probed raw image is written by sector,
+     * as QEMU's is: a write into the last partial sector fills that sector. */
+    if (node->is_probed_raw && (flags & VIMG_OPEN_RDWR) && node->request_alignment < 512)
+        node->request_alignment = 512;
     if (drv->supports_backing && (ret = node_open_backing(node, opts, flags, err)) < 0)
         goto fail;
 opened:
@@ -524,6 +528,8 @@ root_perms(unsigned flags, unsigned *perm, unsigned *shared)
     *shared = VIMG_PERM_ALL;
     if (flags & VIMG_OPEN_NO_SHARE)
         *shared = VIMG_PERM_CONSISTENT_READ | VIMG_PERM_WRITE_UNCHANGED;
+    if (flags & VIMG_OPEN_NO_SHARE_RESIZE)
+        *shared &= ~VIMG_PERM_RESIZE;
     if (flags & VIMG_OPEN_FORCE_SHARE)
         *shared = VIMG_PERM_ALL;
 }

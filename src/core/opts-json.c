@@ -3,6 +3,7 @@
  * strings (numbers in decimal, booleans "on"/"off"); arrays become
  * dictionaries keyed "0", "1", ... as QEMU flattens them.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -16,27 +17,55 @@
 static int json_put(struct vimg_opts *opts, const char *path, json_t *v,
                     struct vimg_error *err);
 
+/*
+ * The dotted path of a member; prefix is NULL at the top level, where an
+ * empty key is still a path component ({"": {"a": 1}} is ".a").
+ */
+static char *
+json_member_path(const char *prefix, const char *key)
+{
+    size_t len = (prefix ? strlen(prefix) + 1 : 0) + strlen(key) + 1;
+    char *path = malloc(len);
+
+    if (path)
+        snprintf(path, len, "%s%s%s", prefix ? prefix : "", prefix ? "." : "", key);
+    return path;
+}
+
+static int
+json_put_member(struct vimg_opts *opts, const char *prefix, const char *key, json_t *v,
+                struct vimg_error *err)
+{
+    char *path = json_member_path(prefix, key);
+    int ret;
+
+    if (!path)
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    ret = json_put(opts, path, v, err);
+    free(path);
+    return ret;
+}
+
 static int
 json_put_container(struct vimg_opts *opts, const char *prefix, json_t *v,
                    struct vimg_error *err)
 {
-    char path[1024];
+    char index[24];
     int ret = 0;
 
     if (json_is_object(v)) {
         const char *key;
         json_t *child;
         json_object_foreach(v, key, child) {
-            snprintf(path, sizeof(path), "%s%s%s", prefix, *prefix ? "." : "", key);
-            if ((ret = json_put(opts, path, child, err)) < 0)
+            if ((ret = json_put_member(opts, prefix, key, child, err)) < 0)
                 break;
         }
     } else {
         size_t i;
         json_t *child;
         json_array_foreach(v, i, child) {
-            snprintf(path, sizeof(path), "%s%s%zu", prefix, *prefix ? "." : "", i);
-            if ((ret = json_put(opts, path, child, err)) < 0)
+            snprintf(index, sizeof(index), "%zu", i);
+            if ((ret = json_put_member(opts, prefix, index, child, err)) < 0)
                 break;
         }
     }
@@ -70,42 +99,64 @@ json_put(struct vimg_opts *opts, const char *path, json_t *v, struct vimg_error 
     return vimg_error_set(err, EINVAL, "Invalid JSON object given");
 }
 
-/* QEMU's JSON parser words its errors differently from jansson's. */
-static const char *
-json_error_text(const json_error_t *je)
+/*
+ * QEMU's JSON parser words its errors differently from jansson's; this maps
+ * jansson's texts onto QEMU's for the common mistakes. A bad token is named
+ * as QEMU names it: "invalid keyword 'tru'", "stray '@'".
+ */
+static void
+json_error_text(const char *text, const json_error_t *je, char *buf, size_t size)
 {
+    const char *near = strstr(je->text, "near '");
+    const char *msg = "JSON parse error, expecting value";
+
     if (strstr(je->text, "end of file expected"))
-        return "Expecting at most one JSON value";
-    if (strstr(je->text, "premature end of input") || strstr(je->text, "end of file"))
-        return "JSON parse error, premature EOI";
-    if (strstr(je->text, "':' expected"))
-        return "JSON parse error, missing : in object pair";
-    if (strstr(je->text, "invalid token")) {
-        return "JSON parse error, invalid keyword";
+        msg = "Expecting at most one JSON value";
+    else if (text[strspn(text, " \t\n\r")] == '\0')
+        msg = "Expecting a JSON value";
+    else if (strstr(je->text, "premature end of input") || strstr(je->text, "end of file"))
+        msg = "JSON parse error, premature EOI";
+    else if (strstr(je->text, "':' expected"))
+        msg = "JSON parse error, missing : in object pair";
+    else if (strstr(je->text, "']' expected"))
+        msg = "JSON parse error, expected separator in list";
+    else if (strstr(je->text, "duplicate object key"))
+        msg = "JSON parse error, duplicate key";
+    else if (strstr(je->text, "invalid escape"))
+        msg = "JSON parse error, invalid escape sequence in string";
+    if (strstr(je->text, "invalid token") && near) {
+        near += strlen("near '");
+        snprintf(buf, size, "JSON parse error, %s '%.*s'",
+                 isalpha((unsigned char)*near) ? "invalid keyword" : "stray",
+                 (int)strcspn(near, "'"), near);
+        return;
     }
-    return "JSON parse error, expecting value";
+    snprintf(buf, size, "%s", msg);
 }
 
 int
 vimg_opts_parse_json(struct vimg_opts *opts, const char *text, struct vimg_error *err)
 {
     json_error_t je;
+    char why[JSON_ERROR_TEXT_LENGTH + 64];
     json_t *root;
     int ret;
 
     root = json_loads(text, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
-    if (!root)
-        return vimg_error_set(err, EINVAL, "Could not parse the JSON options: %s",
-                              json_error_text(&je));
+    if (!root) {
+        json_error_text(text, &je, why, sizeof(why));
+        return vimg_error_set(err, EINVAL, "Could not parse the JSON options: %s", why);
+    }
     if (!json_is_object(root)) {
         json_decref(root);
         return vimg_error_set(err, EINVAL, "Invalid JSON object given");
     }
-    ret = json_put_container(opts, "", root, err);
+    ret = json_put_container(opts, NULL, root, err);
     json_decref(root);
     return ret;
 }
 
+/* NULL when out of memory or when a key or value is not UTF-8 (jansson refuses it). */
 static json_t *
 opts_to_json_value(const struct vimg_opts *opts)
 {
@@ -115,7 +166,11 @@ opts_to_json_value(const struct vimg_opts *opts)
         struct vimg_opts *dict = vimg_opts_dict_at(opts, i);
         json_t *v = dict ? opts_to_json_value(dict)
                          : json_string(vimg_opts_value_at(opts, i));
-        json_object_set_new(obj, vimg_opts_key_at(opts, i), v);
+        /* json_object_set_new takes v even when it fails. */
+        if (!v || json_object_set_new(obj, vimg_opts_key_at(opts, i), v) < 0) {
+            json_decref(obj);
+            obj = NULL;
+        }
     }
     return obj;
 }

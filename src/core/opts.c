@@ -188,29 +188,35 @@ vimg_opts_set_default(struct vimg_opts *opts, const char *path, const char *valu
     return opts_set(opts, path, value, false, err);
 }
 
+/* prefix + key + tail, malloc'd; NULL when out of memory. */
+static char *
+opts_path_join(const char *prefix, const char *key, const char *tail)
+{
+    size_t len = strlen(prefix) + strlen(key) + strlen(tail) + 1;
+    char *path = malloc(len);
+
+    if (path)
+        snprintf(path, len, "%s%s%s", prefix, key, tail);
+    return path;
+}
+
+/* prefix is "" or a dotted path ending in '.'. */
 static int
 opts_merge_prefixed(struct vimg_opts *dst, const struct vimg_opts *src, const char *prefix,
                     struct vimg_error *err)
 {
     for (size_t i = 0; i < src->n_entries; i++) {
         const struct opt_entry *e = &src->entries[i];
-        char path[1024];
+        char *path = opts_path_join(prefix, e->key, e->dict ? "." : "");
         int ret;
 
-        if (strlen(prefix) + strlen(e->key) + 1 > sizeof(path))
-            continue;
-        strcpy(path, prefix);
-        strcat(path, e->key);
-        if (e->dict) {
-            char sub[1024];
-            if (strlen(path) + 2 > sizeof(sub))
-                continue;
-            strcpy(sub, path);
-            strcat(sub, ".");
-            ret = opts_merge_prefixed(dst, e->dict, sub, err);
-        } else {
+        if (!path)
+            return vimg_error_set(err, ENOMEM, "Out of memory");
+        if (e->dict)
+            ret = opts_merge_prefixed(dst, e->dict, path, err);
+        else
             ret = vimg_opts_set(dst, path, e->value, err);
-        }
+        free(path);
         if (ret < 0)
             return ret;
     }
@@ -251,6 +257,22 @@ opts_lookup(const struct vimg_opts *opts, const char *path)
     return dict ? opts_find(dict, leaf, strlen(leaf)) : NULL;
 }
 
+/* Marks the dictionaries on the way to path used, so "a.b" being read uses "a". */
+static void
+opts_mark_parents_used(struct vimg_opts *opts, const char *path)
+{
+    const char *dot;
+
+    while ((dot = strchr(path, '.')) != NULL) {
+        struct opt_entry *e = opts_find(opts, path, (size_t)(dot - path));
+        if (!e || !e->dict)
+            return;
+        e->is_used = true;
+        opts = e->dict;
+        path = dot + 1;
+    }
+}
+
 const char *
 vimg_opts_get(struct vimg_opts *opts, const char *path)
 {
@@ -259,6 +281,7 @@ vimg_opts_get(struct vimg_opts *opts, const char *path)
     if (!e || e->dict)
         return NULL;
     e->is_used = true;
+    opts_mark_parents_used(opts, path);
     return e->value;
 }
 
@@ -278,6 +301,7 @@ vimg_opts_get_dict(struct vimg_opts *opts, const char *path)
     if (!e || !e->dict)
         return NULL;
     e->is_used = true;
+    opts_mark_parents_used(opts, path);
     return e->dict;
 }
 
@@ -317,26 +341,31 @@ vimg_opts_dict_at(const struct vimg_opts *opts, size_t index)
     return index < opts->n_entries ? opts->entries[index].dict : NULL;
 }
 
+/* prefix is "" or a dotted path ending in '.'; paths too long for key are cut short. */
 static bool
 opts_find_unused(const struct vimg_opts *opts, const char *prefix, char *key, size_t key_size)
 {
     for (size_t i = 0; i < opts->n_entries; i++) {
         const struct opt_entry *e = &opts->entries[i];
-        char path[1024];
+        char *path;
+        bool is_found;
 
-        if (strlen(prefix) + strlen(e->key) + 1 > sizeof(path))
-            continue;
-        strcpy(path, prefix);
-        strcat(path, e->key);
         if (!e->is_used) {
-            snprintf(key, key_size, "%s", path);
+            snprintf(key, key_size, "%s%s", prefix, e->key);
             return true;
         }
-        if (e->dict) {
-            strncat(path, ".", sizeof(path) - strlen(path) - 1);
-            if (opts_find_unused(e->dict, path, key, key_size))
-                return true;
+        if (!e->dict)
+            continue;
+        path = opts_path_join(prefix, e->key, ".");
+        if (!path) {
+            /* Out of memory: report the dict rather than let a key pass. */
+            snprintf(key, key_size, "%s%s", prefix, e->key);
+            return true;
         }
+        is_found = opts_find_unused(e->dict, path, key, key_size);
+        free(path);
+        if (is_found)
+            return true;
     }
     return false;
 }
@@ -442,12 +471,75 @@ size_suffix_shift(char c)
     }
 }
 
+/*
+ * Reads base-10 or base-16 digits. Returns how many there were; *is_overflow
+ * says the value did not fit in 64 bits (*out is then meaningless).
+ */
+static size_t
+size_parse_integer(const char **p, bool is_hex, uint64_t *out, bool *is_overflow)
+{
+    const char *start = *p, *s = *p;
+    uint64_t v = 0;
+
+    *is_overflow = false;
+    for (; is_hex ? isxdigit((unsigned char)*s) : isdigit((unsigned char)*s); s++) {
+        unsigned d = isdigit((unsigned char)*s)
+                     ? (unsigned)(*s - '0')
+                     : (unsigned)(tolower((unsigned char)*s) - 'a' + 10);
+        if (__builtin_mul_overflow(v, is_hex ? 16 : 10, &v) ||
+            __builtin_add_overflow(v, d, &v))
+            *is_overflow = true;
+    }
+    *out = v;
+    *p = s;
+    return (size_t)(s - start);
+}
+
+/*
+ * The fraction digits as QEMU weighs them: read as a double (correctly
+ * rounded), then as a 64-bit binary fraction truncated toward zero. Digits
+ * that round to 1.0 do not fit and count as no fraction at all, as in QEMU
+ * ("1.99999999999999999k" is 1024). The "e-N" form keeps strtod away from
+ * the locale's decimal point.
+ */
+static uint64_t
+size_parse_fraction(const char *digits, size_t n_digits)
+{
+    /*
+     * A fraction at or above 1e-25 has its rounding ties within its first 160
+     * digits, so later ones only matter as "some are not zero"; one below
+     * 1e-25 is below 2^-64 and truncates to 0.
+     */
+    enum { MAX_DIGITS = 160 };
+    char buf[MAX_DIGITS + 32];
+    size_t n = n_digits < MAX_DIGITS ? n_digits : MAX_DIGITS;
+    double f;
+
+    memcpy(buf, digits, n);
+    for (size_t i = n; i < n_digits; i++) {
+        if (digits[i] != '0') {
+            buf[n++] = '1';
+            break;
+        }
+    }
+    snprintf(buf + n, sizeof(buf) - n, "e-%zu", n);
+    f = strtod(buf, NULL);
+    return f < 1.0 ? (uint64_t)(f * 0x1p64) : 0;
+}
+
+/*
+ * QEMU's rules, learnt from qemu-img: leading white space and one '+' are
+ * allowed; an integer part that overflows is out of range only when nothing
+ * follows it; a fraction needs a suffix other than B unless it is below
+ * 2^-64; the fraction's bytes are rounded half up.
+ */
 int
 vimg_parse_size(const char *str, uint64_t *out)
 {
-    const char *p = str;
-    uint64_t whole = 0, frac_num = 0, frac_den = 1, mul = 1, result;
-    bool is_hex = false, has_digits = false, has_fraction = false;
+    const char *p = str, *digits;
+    uint64_t whole, frac64 = 0, frac_bytes, mul = 1, result;
+    bool is_hex = false, is_overflow;
+    size_t n_digits = 0;
     int shift;
 
     while (isspace((unsigned char)*p))
@@ -458,47 +550,30 @@ vimg_parse_size(const char *str, uint64_t *out)
         is_hex = true;
         p += 2;
     }
-    for (; is_hex ? isxdigit((unsigned char)*p) : isdigit((unsigned char)*p); p++) {
-        unsigned d = isdigit((unsigned char)*p) ? (unsigned)(*p - '0')
-                                                : (unsigned)(tolower(*p) - 'a' + 10);
-        if (__builtin_mul_overflow(whole, is_hex ? 16 : 10, &whole) ||
-            __builtin_add_overflow(whole, d, &whole))
-            return -ERANGE;
-        has_digits = true;
-    }
-    if (!has_digits)
+    if (size_parse_integer(&p, is_hex, &whole, &is_overflow) == 0)
         return -EINVAL;
+    if (is_overflow)
+        return *p ? -EINVAL : -ERANGE;
     if (*p == '.' && !is_hex) {
-        p++;
-        for (; isdigit((unsigned char)*p); p++) {
-            /* Digits past 18 cannot change a result in bytes. */
-            if (frac_den < 1000000000000000000ULL) {
-                frac_num = frac_num * 10 + (uint64_t)(*p - '0');
-                frac_den *= 10;
-            }
-            if (*p != '0')
-                has_fraction = true;
-        }
+        digits = ++p;
+        while (isdigit((unsigned char)*p))
+            p++;
+        n_digits = (size_t)(p - digits);
+        if (n_digits > 0)
+            frac64 = size_parse_fraction(digits, n_digits);
     }
     if (*p) {
-        shift = size_suffix_shift(*p);
-        if (shift < 0)
+        if ((shift = size_suffix_shift(*p)) < 0 || p[1])
             return -EINVAL;
         mul = 1ULL << shift;
-        p++;
     }
-    if (*p)
+    if (frac64 && mul == 1)
         return -EINVAL;
-    if (has_fraction && mul == 1)
-        return -EINVAL;
-    if (__builtin_mul_overflow(whole, mul, &result))
+    /* frac64 / 2^64 of mul bytes, rounded half up; mul <= 2^60, so no overflow. */
+    frac_bytes = (uint64_t)(((unsigned __int128)frac64 * mul + (1ULL << 63)) >> 64);
+    if (__builtin_mul_overflow(whole, mul, &result) ||
+        __builtin_add_overflow(result, frac_bytes, &result))
         return -ERANGE;
-    if (has_fraction) {
-        /* mul is a power of two up to 2^60; frac_num < frac_den <= 10^18. */
-        unsigned __int128 f = (unsigned __int128)frac_num * mul / frac_den;
-        if (__builtin_add_overflow(result, (uint64_t)f, &result))
-            return -ERANGE;
-    }
     *out = result;
     return 0;
 }
@@ -508,12 +583,17 @@ vimg_opts_get_size(struct vimg_opts *opts, const char *path, uint64_t def, uint6
                    struct vimg_error *err)
 {
     const char *v = vimg_opts_get(opts, path);
+    int ret;
 
     if (!v) {
         *out = def;
         return 0;
     }
-    if (vimg_parse_size(v, out) < 0)
+    ret = vimg_parse_size(v, out);
+    if (ret == -ERANGE)
+        return vimg_error_set(err, EINVAL, "Value '%s' is out of range for parameter '%s'",
+                              v, path);
+    if (ret < 0)
         return vimg_error_set(err, EINVAL,
                               "Parameter '%s' expects a non-negative number below 2^64\n"
                               "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, "
@@ -554,10 +634,14 @@ vimg_opts_get_number(struct vimg_opts *opts, const char *path, uint64_t def, uin
         *out = def;
         return 0;
     }
+    /* strtoull's rules, as QEMU's: "-1" wraps to 2^64-1, but no leading space. */
     errno = 0;
     *out = strtoull(v, &end, 0);
-    if (!*v || *end || errno || *v == '-')
+    if (!*v || isspace((unsigned char)*v) || *end)
         return vimg_error_set(err, EINVAL, "Parameter '%s' expects a number", path);
+    if (errno == ERANGE)
+        return vimg_error_set(err, EINVAL, "Value '%s' is too large for parameter '%s'",
+                              v, path);
     return 0;
 }
 

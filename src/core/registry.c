@@ -5,14 +5,30 @@
 #include "core/driver.h"
 
 extern const struct vimg_driver vimg_blkdebug_driver;
+extern const struct vimg_driver vimg_bochs_driver;
+extern const struct vimg_driver vimg_cloop_driver;
+extern const struct vimg_driver vimg_dmg_driver;
 extern const struct vimg_driver vimg_file_driver;
 extern const struct vimg_driver vimg_host_device_driver;
+#ifdef VIMG_HAVE_LIBNBD
+extern const struct vimg_driver vimg_nbd_driver;
+#endif
+extern const struct vimg_driver vimg_parallels_driver;
+extern const struct vimg_driver vimg_qcow2_driver;
 extern const struct vimg_driver vimg_raw_driver;
 
 static const struct vimg_driver *const drivers[] = {
     &vimg_blkdebug_driver,
+    &vimg_bochs_driver,
+    &vimg_cloop_driver,
+    &vimg_dmg_driver,
     &vimg_file_driver,
     &vimg_host_device_driver,
+#ifdef VIMG_HAVE_LIBNBD
+    &vimg_nbd_driver,
+#endif
+    &vimg_parallels_driver,
+    &vimg_qcow2_driver,
     &vimg_raw_driver,
 };
 
@@ -73,4 +89,20 @@ vimg_protocol_for(const char *filename)
         }
     }
     return NULL;
+}
+
+bool
+vimg_format_can_compress(const char *name)
+{
+    const struct vimg_driver *drv = vimg_driver_find(name);
+
+    return drv && drv->pwrite_compressed;
+}
+
+bool
+vimg_driver_is_protocol(const char *name)
+{
+    const struct vimg_driver *drv = vimg_driver_find(name);
+
+    return drv && drv->kind == VIMG_DRIVER_PROTOCOL;
 }

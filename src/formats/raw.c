@@ -159,10 +159,13 @@ raw_truncate(struct vimg_node *node, uint64_t size, bool is_exact, int prealloc,
 {
     struct raw_state *s = node->state;
 
-    if (s->has_size || s->offset)
-        return vimg_error_set(err, ENOTSUP, "Cannot resize a raw image with an offset or a "
-                              "size limit");
-    return vimg_node_truncate(node->file, size, is_exact, vimg_prealloc_name(prealloc), err);
+    /* A window that starts at an offset grows and shrinks with its file's end. */
+    if (s->has_size)
+        return vimg_error_set(err, ENOTSUP, "Cannot resize fixed-size raw disks");
+    if (size > (uint64_t)INT64_MAX - s->offset)
+        return vimg_error_set(err, EINVAL, "Image size is too large");
+    return vimg_node_truncate(node->file, s->offset + size, is_exact,
+                              vimg_prealloc_name(prealloc), err);
 }
 
 static const struct vimg_opt_desc raw_create_opts[] = {

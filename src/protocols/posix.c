@@ -154,7 +154,9 @@ probe_alignment(struct vimg_node *node, int fd)
             break;
         }
     }
-    if (node->request_alignment < 512 && node->request_alignment > 1)
+    /* A read of a hole succeeds at any size, so 1 may only mean the probe hit a hole;
+     * writes there still need whole sectors. */
+    if (node->request_alignment < 512)
         node->request_alignment = 512;
     free(buf);
 }

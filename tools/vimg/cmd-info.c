@@ -39,8 +39,14 @@ dump_value(const json_t *v, int indent)
         }
     } else if (json_is_array(v)) {
         json_array_foreach(v, i, child) {
-            printf("%*s[%zu]:\n", indent, "", i);
-            dump_value(child, indent + 4);
+            printf("%*s[%zu]:", indent, "", i);
+            if (json_is_object(child) || json_is_array(child)) {
+                printf("\n");
+                dump_value(child, indent + 4);
+            } else {
+                printf(" ");
+                dump_value(child, 0);
+            }
         }
     } else if (json_is_string(v)) {
         printf("%s\n", json_string_value(v));
@@ -94,20 +100,60 @@ print_human(const json_t *info)
     }
 }
 
+/*
+ * Collects ImageInfo for filename and, with is_chain, for each backing file
+ * in turn. Like qemu-img, every image is opened alone (without its backing
+ * file and without doing I/O), so a missing backing file does not stop
+ * `info` of the image that names it.
+ */
 static int
-collect_info(struct vimg_node *node, bool is_chain, json_t *list)
+collect_info(bool is_image_opts, const char *filename, const char *fmt, unsigned flags,
+             bool is_chain, json_t *list)
 {
     struct vimg_error err = { 0 };
+    char *name = strdup(filename), *next_fmt = fmt ? strdup(fmt) : NULL;
+    int ret = 0;
 
-    for (; node; node = is_chain ? vimg_node_backing(node) : NULL) {
+    flags |= VIMG_OPEN_NO_BACKING | VIMG_OPEN_NO_IO;
+    while (name && ret == 0) {
+        struct vimg_node *node = img_open(is_image_opts, name, next_fmt, flags, false);
+        const char *backing;
         json_t *info;
+
+        if (!node) {
+            ret = -1;
+            break;
+        }
         if (vimg_image_info(node, &info, &err) < 0) {
             tool_error("%s", err.msg);
-            return -1;
+            vimg_close(node);
+            ret = -1;
+            break;
         }
         json_array_append_new(list, info);
+        for (size_t i = 0; i + 1 < json_array_size(list); i++) {
+            const char *seen = json_string_value(json_object_get(json_array_get(list, i),
+                                                                 "filename"));
+            if (seen && strcmp(seen, vimg_node_filename(node)) == 0) {
+                tool_error("Backing file '%s' creates an infinite loop.", seen);
+                ret = -1;
+            }
+        }
+        free(name);
+        free(next_fmt);
+        name = next_fmt = NULL;
+        backing = json_string_value(json_object_get(info, "full-backing-filename"));
+        if (is_chain && backing && ret == 0) {
+            const char *bfmt = vimg_node_backing_format(node);
+            name = strdup(backing);
+            next_fmt = bfmt ? strdup(bfmt) : NULL;
+            is_image_opts = false;
+        }
+        vimg_close(node);
     }
-    return 0;
+    free(name);
+    free(next_fmt);
+    return ret;
 }
 
 int
@@ -127,7 +173,6 @@ cmd_info(int argc, char **argv)
     bool is_chain = false, is_image_opts = false;
     unsigned flags = 0;
     int is_json = 0, c, ret = 1;
-    struct vimg_node *node;
     json_t *list;
 
     opterr = 0;
@@ -155,11 +200,8 @@ cmd_info(int argc, char **argv)
     if (optind != argc - 1)
         return img_usage_error("Expecting one image file name");
     filename = argv[optind];
-    node = img_open(is_image_opts, filename, fmt, flags, false);
-    if (!node)
-        return 1;
     list = json_array();
-    if (collect_info(node, is_chain, list) == 0) {
+    if (collect_info(is_image_opts, filename, fmt, flags, is_chain, list) == 0) {
         ret = 0;
         if (is_json) {
             tool_json_print(stdout, is_chain ? list : json_array_get(list, 0), true);
@@ -173,6 +215,5 @@ cmd_info(int argc, char **argv)
         }
     }
     json_decref(list);
-    vimg_close(node);
     return ret;
 }

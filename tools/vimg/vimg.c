@@ -137,10 +137,9 @@ img_usage_error(const char *fmt, ...)
 int
 img_bad_option(char **argv)
 {
-    extern int optind, optopt;
+    extern int optind;
 
-    if (optopt && optopt != '?')
-        return img_usage_error("unrecognized option '-%c'", optopt);
+    /* Inside a cluster ("-Ux", "-512k") qemu-img names the whole argument getopt is at. */
     return img_usage_error("unrecognized option '%s'", argv[optind - 1]);
 }
 
@@ -169,4 +168,10 @@ main(int argc, char **argv)
         }
     }
     return img_usage_error("Command not found: %s", cmd);
+}
+
+void
+img_print_help(void)
+{
+    print_help();
 }

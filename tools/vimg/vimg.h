@@ -26,6 +26,8 @@ int cmd_resize(int argc, char **argv);
 int img_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* getopt error for the option at argv[optind - 1]; returns 1. */
 int img_bad_option(char **argv);
+/* The `vimg --help` text on stdout, which qemu-img also prints for `CMD -h`. */
+void img_print_help(void);
 /* Registers an --object argument, printing the error; false on failure. */
 bool img_add_object(const char *spec);
 /* Parses the --output argument: 0 human, 1 json, -1 after printing the error. */

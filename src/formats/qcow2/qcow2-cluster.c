@@ -1,0 +1,895 @@
+/*
+ * qcow2 guest clusters (spec "Cluster mapping", "Extended L2 Entries"): L1
+ * and L2 lookups, reads (plain, zero, compressed, through the backing file),
+ * allocating writes with copy-on-write, zero writes and discard.
+ *
+ * Locking: s->lock covers the mapping and every allocation. Reads and
+ * writes into clusters that are already allocated to this image (refcount
+ * exactly one) do their data I/O outside the lock; allocating writes keep
+ * the lock for the whole cluster, so two writers can never allocate the
+ * same guest cluster twice.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/qcow2/qcow2.h"
+
+struct vimg_node *
+qcow2_data_node(struct vimg_node *node)
+{
+    return node->data_file ? node->data_file : node->file;
+}
+
+/* ---- iovec helpers ---- */
+
+static void
+qcow2_iov_memset(const struct iovec *iov, int n_iov, uint64_t skip, uint64_t bytes)
+{
+    for (int i = 0; i < n_iov && bytes; i++) {
+        uint64_t len = iov[i].iov_len;
+        if (skip >= len) {
+            skip -= len;
+            continue;
+        }
+        len -= skip;
+        if (len > bytes)
+            len = bytes;
+        memset((uint8_t *)iov[i].iov_base + skip, 0, len);
+        bytes -= len;
+        skip = 0;
+    }
+}
+
+/* Copies between iov (from skip) and buf; to_iov says which way. */
+static void
+qcow2_iov_copy(const struct iovec *iov, int n_iov, uint64_t skip, uint8_t *buf, uint64_t bytes,
+               bool to_iov)
+{
+    for (int i = 0; i < n_iov && bytes; i++) {
+        uint64_t len = iov[i].iov_len;
+        uint8_t *p;
+        if (skip >= len) {
+            skip -= len;
+            continue;
+        }
+        len -= skip;
+        if (len > bytes)
+            len = bytes;
+        p = (uint8_t *)iov[i].iov_base + skip;
+        if (to_iov)
+            memcpy(p, buf, len);
+        else
+            memcpy(buf, p, len);
+        buf += len;
+        bytes -= len;
+        skip = 0;
+    }
+}
+
+static int
+qcow2_iov_slice(const struct iovec *iov, int n_iov, uint64_t skip, uint64_t bytes,
+                struct iovec **out, int *n_out, struct vimg_error *err)
+{
+    struct iovec *v = malloc((size_t)(n_iov > 0 ? n_iov : 1) * sizeof(*v));
+    int n = 0;
+
+    if (!v)
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    for (int i = 0; i < n_iov && bytes; i++) {
+        uint64_t len = iov[i].iov_len;
+        if (skip >= len) {
+            skip -= len;
+            continue;
+        }
+        len -= skip;
+        if (len > bytes)
+            len = bytes;
+        v[n].iov_base = (uint8_t *)iov[i].iov_base + skip;
+        v[n].iov_len = len;
+        n++;
+        bytes -= len;
+        skip = 0;
+    }
+    *out = v;
+    *n_out = n;
+    return 0;
+}
+
+/* ---- L1 / L2 ---- */
+
+static uint64_t
+qcow2_l2_entry(const struct qcow2_state *s, const uint8_t *l2, uint64_t index)
+{
+    return qcow2_be64(l2 + index * s->l2_entry_size);
+}
+
+static uint64_t
+qcow2_l2_bitmap(const struct qcow2_state *s, const uint8_t *l2, uint64_t index)
+{
+    return s->has_extended_l2 ? qcow2_be64(l2 + index * s->l2_entry_size + 8) : 0;
+}
+
+static void
+qcow2_set_l2(struct qcow2_state *s, uint8_t *l2, uint64_t index, uint64_t entry,
+             uint64_t bitmap)
+{
+    qcow2_put_be64(l2 + index * s->l2_entry_size, entry);
+    if (s->has_extended_l2)
+        qcow2_put_be64(l2 + index * s->l2_entry_size + 8, bitmap);
+    qcow2_cache_mark_dirty(&s->l2_cache, l2);
+}
+
+static uint64_t
+qcow2_l2_coverage(const struct qcow2_state *s)
+{
+    return (uint64_t)s->l2_entries * s->cluster_size;
+}
+
+static int
+qcow2_write_l1_entry(struct vimg_node *node, uint64_t index, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint8_t buf[8];
+
+    qcow2_put_be64(buf, s->l1[index]);
+    return qcow2_pwrite_file(node->file, s->hdr.l1_table_offset + index * 8, buf, 8, err);
+}
+
+static int
+qcow2_load_l2(struct vimg_node *node, uint64_t l2_offset, uint8_t **l2, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+
+    if (l2_offset % s->cluster_size)
+        return vimg_error_set(err, EIO, "L2 table offset 0x%" PRIx64 " is not aligned to the "
+                              "cluster size (%" PRIu32 ")", l2_offset, s->cluster_size);
+    return qcow2_cache_get(node, &s->l2_cache, l2_offset, false, l2, err);
+}
+
+/*
+ * A new L2 table for L1 entry index (a copy of the shared one it had, if
+ * any). The table and its refcount are on disk before the L1 entry names it.
+ */
+static int
+qcow2_alloc_l2(struct vimg_node *node, uint64_t index, uint8_t **l2, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t old = s->l1[index] & QCOW2_OFFSET_MASK;
+    uint8_t *old_table = NULL, *table;
+    uint64_t new_off;
+    int ret;
+
+    if ((ret = qcow2_alloc_clusters(node, 1, &new_off, err)) < 0)
+        return ret;
+    if (old && (ret = qcow2_load_l2(node, old, &old_table, err)) < 0)
+        return ret;
+    if ((ret = qcow2_cache_get(node, &s->l2_cache, new_off, true, &table, err)) < 0)
+        return ret;
+    if (old_table)
+        memcpy(table, old_table, s->cluster_size);
+    qcow2_cache_mark_dirty(&s->l2_cache, table);
+    if ((ret = qcow2_cache_write_dirty(node, &s->l2_cache, err)) < 0 ||
+        (ret = vimg_node_flush(node->file, err)) < 0)
+        return ret;
+    s->l1[index] = new_off | QCOW2_OFLAG_COPIED;
+    if ((ret = qcow2_write_l1_entry(node, index, err)) < 0)
+        return ret;
+    if (old && (ret = qcow2_free_clusters(node, old, s->cluster_size, err)) < 0)
+        return ret;
+    /* Freeing may have evicted the table: look it up again. */
+    return qcow2_load_l2(node, new_off, l2, err);
+}
+
+/* The L2 table covering guest offset; NULL without alloc when there is none. */
+static int
+qcow2_get_l2(struct vimg_node *node, uint64_t offset, bool alloc, uint8_t **l2,
+             struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t index = offset / qcow2_l2_coverage(s);
+    uint64_t entry;
+
+    *l2 = NULL;
+    if (index >= s->l1_size) {
+        if (!alloc)
+            return 0;
+        return vimg_error_set(err, EIO, "L1 index %" PRIu64 " beyond the L1 table (%" PRIu32
+                              " entries)", index, s->l1_size);
+    }
+    entry = s->l1[index];
+    if (alloc && (!(entry & QCOW2_OFFSET_MASK) || !(entry & QCOW2_OFLAG_COPIED)))
+        return qcow2_alloc_l2(node, index, l2, err);
+    if (!(entry & QCOW2_OFFSET_MASK))
+        return 0;
+    return qcow2_load_l2(node, entry & QCOW2_OFFSET_MASK, l2, err);
+}
+
+void
+qcow2_compressed_extent(const struct qcow2_state *s, uint64_t entry, uint64_t *offset,
+                        uint64_t *bytes)
+{
+    uint32_t x = 62 - (s->cluster_bits - 8);
+    uint64_t n_sectors = ((entry >> x) & ((UINT64_C(1) << (s->cluster_bits - 8)) - 1)) + 1;
+
+    *offset = entry & ((UINT64_C(1) << x) - 1);
+    *bytes = n_sectors * 512 - (*offset & 511);
+}
+
+static bool
+qcow2_entry_has_host(const struct qcow2_state *s, uint64_t entry)
+{
+    if (entry & QCOW2_OFLAG_COMPRESSED)
+        return false;
+    return (entry & QCOW2_OFFSET_MASK) || (s->has_data_file && (entry & QCOW2_OFLAG_COPIED));
+}
+
+static int
+qcow2_classify(const struct qcow2_state *s, uint64_t entry, uint64_t bitmap, uint32_t sc,
+               enum qcow2_kind *kind, struct vimg_error *err)
+{
+    if (entry & QCOW2_OFLAG_COMPRESSED) {
+        if (s->has_data_file)
+            return vimg_error_set(err, EIO, "Compressed cluster in an image with an external "
+                                  "data file");
+        *kind = QCOW2_COMPRESSED;
+        return 0;
+    }
+    if (s->has_extended_l2) {
+        bool is_alloc = bitmap & (UINT64_C(1) << sc);
+        bool is_zero = bitmap & (UINT64_C(1) << (sc + 32));
+        if (is_alloc && is_zero)
+            return vimg_error_set(err, EIO, "Subcluster %" PRIu32 " is both allocated and "
+                                  "zero (L2 bitmap 0x%" PRIx64 ")", sc, bitmap);
+        if (is_alloc && !qcow2_entry_has_host(s, entry))
+            return vimg_error_set(err, EIO, "Subcluster %" PRIu32 " is allocated without a "
+                                  "host cluster", sc);
+        *kind = is_alloc ? QCOW2_NORMAL : is_zero ? QCOW2_ZERO : QCOW2_UNALLOCATED;
+    } else if (s->hdr.version >= 3 && (entry & QCOW2_OFLAG_ZERO)) {
+        *kind = QCOW2_ZERO;
+    } else {
+        *kind = qcow2_entry_has_host(s, entry) ? QCOW2_NORMAL : QCOW2_UNALLOCATED;
+    }
+    if (*kind == QCOW2_NORMAL && (entry & QCOW2_OFFSET_MASK) % s->cluster_size)
+        return vimg_error_set(err, EIO, "Cluster allocation offset 0x%" PRIx64 " unaligned",
+                              entry & QCOW2_OFFSET_MASK);
+    return 0;
+}
+
+int
+qcow2_get_mapping(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                  struct qcow2_mapping *m, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t cover = qcow2_l2_coverage(s);
+    uint64_t to_end = cover - offset % cover;
+    uint64_t pos = offset, run = 0;
+    uint8_t *l2;
+    int ret;
+
+    memset(m, 0, sizeof(*m));
+    if (bytes > to_end)
+        bytes = to_end;
+    if ((ret = qcow2_get_l2(node, offset, false, &l2, err)) < 0)
+        return ret;
+    if (!l2) {
+        m->kind = QCOW2_UNALLOCATED;
+        m->bytes = bytes;
+        return 0;
+    }
+    while (run < bytes) {
+        uint64_t index = (pos / s->cluster_size) % s->l2_entries;
+        uint64_t entry = qcow2_l2_entry(s, l2, index);
+        uint64_t bitmap = qcow2_l2_bitmap(s, l2, index);
+        uint32_t sc = (uint32_t)((pos % s->cluster_size) / s->subcluster_size);
+        uint64_t host = (entry & QCOW2_OFFSET_MASK) + pos % s->cluster_size;
+        enum qcow2_kind kind;
+        if ((ret = qcow2_classify(s, entry, bitmap, sc, &kind, err)) < 0)
+            return ret;
+        if (run == 0) {
+            m->kind = kind;
+            m->l2_entry = entry;
+            m->l2_bitmap = bitmap;
+            m->host_offset = host;
+            if (kind == QCOW2_COMPRESSED) {
+                run = s->cluster_size - pos % s->cluster_size;
+                break;
+            }
+        } else if (kind != m->kind || (kind == QCOW2_NORMAL && host != m->host_offset + run)) {
+            break;
+        }
+        run += s->subcluster_size - pos % s->subcluster_size;
+        pos = offset + run;
+    }
+    m->bytes = run < bytes ? run : bytes;
+    return 0;
+}
+
+/* ---- reads ---- */
+
+static int
+qcow2_read_backing(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                   const struct iovec *iov, int n_iov, struct vimg_error *err)
+{
+    int64_t len;
+    uint64_t in_backing;
+    int ret = 0;
+
+    if (!node->backing) {
+        qcow2_iov_memset(iov, n_iov, 0, bytes);
+        return 0;
+    }
+    if ((len = vimg_node_length(node->backing, err)) < 0)
+        return (int)len;
+    in_backing = offset >= (uint64_t)len ? 0
+                 : ((uint64_t)len - offset < bytes ? (uint64_t)len - offset : bytes);
+    if (in_backing)
+        ret = vimg_node_preadv(node->backing, offset, in_backing, iov, n_iov, 0, err);
+    if (ret == 0 && in_backing < bytes)
+        qcow2_iov_memset(iov, n_iov, in_backing, bytes - in_backing);
+    return ret;
+}
+
+static int
+qcow2_read_compressed(struct vimg_node *node, uint64_t entry, uint64_t in_cluster,
+                      uint64_t bytes, const struct iovec *iov, int n_iov,
+                      struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t coff, csize;
+    uint8_t *in = NULL, *out = NULL;
+    int ret;
+
+    qcow2_compressed_extent(s, entry, &coff, &csize);
+    in = malloc(csize);
+    out = malloc(s->cluster_size);
+    if (!in || !out) {
+        ret = vimg_error_set(err, ENOMEM, "Out of memory");
+        goto out;
+    }
+    if ((ret = qcow2_read_meta(node->file, coff, in, csize, err)) < 0)
+        goto out;
+    if ((ret = qcow2_decompress(s->compression_type, in, csize, out, s->cluster_size,
+                                err)) < 0)
+        goto out;
+    qcow2_iov_copy(iov, n_iov, 0, out + in_cluster, bytes, true);
+out:
+    free(in);
+    free(out);
+    return ret;
+}
+
+static int
+qcow2_read_run(struct vimg_node *node, const struct qcow2_mapping *m, uint64_t offset,
+               const struct iovec *iov, int n_iov, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+
+    switch (m->kind) {
+    case QCOW2_UNALLOCATED:
+        return qcow2_read_backing(node, offset, m->bytes, iov, n_iov, err);
+    case QCOW2_ZERO:
+        qcow2_iov_memset(iov, n_iov, 0, m->bytes);
+        return 0;
+    case QCOW2_COMPRESSED:
+        return qcow2_read_compressed(node, m->l2_entry, offset % s->cluster_size, m->bytes,
+                                     iov, n_iov, err);
+    case QCOW2_NORMAL:
+        if (s->has_data_file && !node->data_file)
+            return vimg_error_set(err, EIO, "The external data file is not open");
+        return vimg_node_preadv(qcow2_data_node(node), m->host_offset, m->bytes, iov, n_iov,
+                                0, err);
+    }
+    return vimg_error_set(err, EIO, "Unknown cluster kind");
+}
+
+/* Reads as the image sees it; with is_locked the caller holds s->lock. */
+static int
+qcow2_read_impl(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                const struct iovec *iov, int n_iov, bool is_locked, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t done = 0;
+
+    while (done < bytes) {
+        struct qcow2_mapping m;
+        struct iovec *sub;
+        int n_sub, ret;
+
+        if (!is_locked)
+            pthread_mutex_lock(&s->lock);
+        ret = qcow2_get_mapping(node, offset + done, bytes - done, &m, err);
+        if (!is_locked)
+            pthread_mutex_unlock(&s->lock);
+        if (ret < 0)
+            return ret;
+        if ((ret = qcow2_iov_slice(iov, n_iov, done, m.bytes, &sub, &n_sub, err)) < 0)
+            return ret;
+        ret = qcow2_read_run(node, &m, offset + done, sub, n_sub, err);
+        free(sub);
+        if (ret < 0)
+            return ret;
+        done += m.bytes;
+    }
+    return 0;
+}
+
+int
+qcow2_read(struct vimg_node *node, uint64_t offset, uint64_t bytes, const struct iovec *iov,
+           int n_iov, struct vimg_error *err)
+{
+    return qcow2_read_impl(node, offset, bytes, iov, n_iov, false, err);
+}
+
+/* ---- writes ---- */
+
+/* Bit mask of the subclusters that [start, end) of a cluster touches. */
+static uint64_t
+qcow2_sc_mask(const struct qcow2_state *s, uint64_t start, uint64_t end)
+{
+    uint32_t first = (uint32_t)(start / s->subcluster_size);
+    uint32_t last = (uint32_t)((end - 1) / s->subcluster_size);
+    uint64_t mask = 0;
+
+    for (uint32_t i = first; i <= last; i++)
+        mask |= UINT64_C(1) << i;
+    return mask;
+}
+
+/*
+ * Whether a write of [in, in + len) of the cluster at guest offset cl can go
+ * to *host without touching metadata (else it needs an allocating write).
+ */
+static int
+qcow2_in_place_target(struct vimg_node *node, uint64_t cl, uint64_t in, uint64_t len,
+                      bool *is_in_place, uint64_t *host, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint8_t *l2;
+    uint64_t index, entry, mask;
+    int ret;
+
+    *is_in_place = false;
+    if ((ret = qcow2_get_l2(node, cl, false, &l2, err)) < 0 || !l2)
+        return ret;
+    if (!(s->l1[cl / qcow2_l2_coverage(s)] & QCOW2_OFLAG_COPIED))
+        return 0;
+    index = (cl / s->cluster_size) % s->l2_entries;
+    entry = qcow2_l2_entry(s, l2, index);
+    if (!qcow2_entry_has_host(s, entry) || !(entry & QCOW2_OFLAG_COPIED))
+        return 0;
+    if (s->has_extended_l2) {
+        mask = qcow2_sc_mask(s, in, in + len);
+        if ((qcow2_l2_bitmap(s, l2, index) & mask) != mask)
+            return 0;
+    } else if (s->hdr.version >= 3 && (entry & QCOW2_OFLAG_ZERO)) {
+        return 0;
+    }
+    *host = (entry & QCOW2_OFFSET_MASK) + in;
+    *is_in_place = true;
+    return 0;
+}
+
+/* Frees what an L2 entry pointed at, once nothing refers to it. */
+static int
+qcow2_free_entry_target(struct vimg_node *node, uint64_t entry, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t coff, csize;
+
+    if (s->has_data_file)
+        return 0;
+    if (entry & QCOW2_OFLAG_COMPRESSED) {
+        qcow2_compressed_extent(s, entry, &coff, &csize);
+        return qcow2_free_clusters(node, coff, csize, err);
+    }
+    if (entry & QCOW2_OFFSET_MASK)
+        return qcow2_free_clusters(node, entry & QCOW2_OFFSET_MASK, s->cluster_size, err);
+    return 0;
+}
+
+/*
+ * Allocating write of [in, in + len) of the cluster at guest offset cl, data
+ * from iov. The parts of the written (sub)clusters outside the request are
+ * copied from what the guest sees there now. Caller holds s->lock.
+ */
+static int
+qcow2_write_alloc(struct vimg_node *node, uint64_t cl, uint64_t in, uint64_t len,
+                  const struct iovec *iov, int n_iov, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t index = (cl / s->cluster_size) % s->l2_entries;
+    uint64_t entry, bitmap, host, start, end, mask;
+    bool is_reuse, is_full;
+    struct iovec biov;
+    uint8_t *l2, *buf;
+    int ret;
+
+    if ((ret = qcow2_get_l2(node, cl, true, &l2, err)) < 0)
+        return ret;
+    entry = qcow2_l2_entry(s, l2, index);
+    bitmap = qcow2_l2_bitmap(s, l2, index);
+    is_reuse = qcow2_entry_has_host(s, entry) && (entry & QCOW2_OFLAG_COPIED);
+    if (s->has_data_file) {
+        is_reuse = true;
+        host = cl;
+    } else if (is_reuse) {
+        host = entry & QCOW2_OFFSET_MASK;
+    } else if ((ret = qcow2_alloc_clusters(node, 1, &host, err)) < 0) {
+        return ret;
+    }
+    /* Without subclusters, or when the old data lives elsewhere, the whole cluster is new. */
+    is_full = !s->has_extended_l2 || (!is_reuse && (entry & ~QCOW2_OFLAG_COPIED));
+    start = is_full ? 0 : in / s->subcluster_size * s->subcluster_size;
+    end = is_full ? s->cluster_size : qcow2_align_up(in + len, s->subcluster_size);
+    if (!(buf = malloc(end - start)))
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    biov.iov_base = buf;
+    biov.iov_len = in - start;
+    ret = in > start ? qcow2_read_impl(node, cl + start, in - start, &biov, 1, true, err) : 0;
+    biov.iov_base = buf + (in + len - start);
+    biov.iov_len = end - (in + len);
+    if (ret == 0 && end > in + len)
+        ret = qcow2_read_impl(node, cl + in + len, end - (in + len), &biov, 1, true, err);
+    if (ret == 0) {
+        qcow2_iov_copy(iov, n_iov, 0, buf + (in - start), len, false);
+        ret = qcow2_pwrite_file(qcow2_data_node(node), host + start, buf, end - start, err);
+    }
+    free(buf);
+    if (ret < 0)
+        return ret;
+    /* The cache may have moved while we read: find the table again. */
+    if ((ret = qcow2_get_l2(node, cl, true, &l2, err)) < 0)
+        return ret;
+    mask = is_full ? UINT64_C(0xffffffff) : qcow2_sc_mask(s, start, end);
+    bitmap = is_full ? mask : (bitmap | mask) & ~(mask << 32);
+    qcow2_set_l2(s, l2, index, host | QCOW2_OFLAG_COPIED, bitmap);
+    return is_reuse ? 0 : qcow2_free_entry_target(node, entry, err);
+}
+
+static int
+qcow2_write_locked(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                   const struct iovec *iov, int n_iov, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t done = 0;
+
+    while (done < bytes) {
+        uint64_t pos = offset + done;
+        uint64_t cl = pos - pos % s->cluster_size, in = pos - cl;
+        uint64_t len = s->cluster_size - in < bytes - done ? s->cluster_size - in
+                                                           : bytes - done;
+        uint64_t host;
+        bool is_in_place;
+        struct iovec *sub;
+        int n_sub, ret;
+
+        if ((ret = qcow2_iov_slice(iov, n_iov, done, len, &sub, &n_sub, err)) < 0)
+            return ret;
+        ret = qcow2_in_place_target(node, cl, in, len, &is_in_place, &host, err);
+        if (ret == 0 && is_in_place)
+            ret = qcow2_grow_file(qcow2_data_node(node), host + len, err);
+        if (ret == 0 && is_in_place) {
+            /* Allocated and ours alone: the data goes straight there, outside the lock. */
+            pthread_mutex_unlock(&s->lock);
+            ret = vimg_node_pwritev(qcow2_data_node(node), host, len, sub, n_sub, 0, err);
+            pthread_mutex_lock(&s->lock);
+        } else if (ret == 0) {
+            ret = qcow2_write_alloc(node, cl, in, len, sub, n_sub, err);
+        }
+        free(sub);
+        if (ret < 0)
+            return ret;
+        done += len;
+    }
+    return 0;
+}
+
+int
+qcow2_write(struct vimg_node *node, uint64_t offset, uint64_t bytes, const struct iovec *iov,
+            int n_iov, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    int ret;
+
+    pthread_mutex_lock(&s->lock);
+    ret = qcow2_write_locked(node, offset, bytes, iov, n_iov, err);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* ---- zero writes and discard ---- */
+
+static int
+qcow2_write_zero_data(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                      struct vimg_error *err)
+{
+    uint8_t *zeros = calloc(1, bytes);
+    struct iovec iov = { .iov_base = zeros, .iov_len = bytes };
+    int ret;
+
+    if (!zeros)
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    ret = qcow2_write_locked(node, offset, bytes, &iov, 1, err);
+    free(zeros);
+    return ret;
+}
+
+/*
+ * Makes whole (sub)clusters [in, in + len) of the cluster at cl read as
+ * zeros: keeps an allocation of ours unless may_unmap, frees any other.
+ * is_discard gives discard's result on version 2 (unallocated).
+ */
+static int
+qcow2_zero_clusters(struct vimg_node *node, uint64_t cl, uint64_t in, uint64_t len,
+                    bool may_unmap, bool is_discard, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t index = (cl / s->cluster_size) % s->l2_entries;
+    uint64_t entry, bitmap, new_entry, mask;
+    bool is_whole = len == s->cluster_size, is_ours, keep;
+    uint8_t *l2;
+    int ret;
+
+    if ((ret = qcow2_get_l2(node, cl, true, &l2, err)) < 0)
+        return ret;
+    entry = qcow2_l2_entry(s, l2, index);
+    bitmap = qcow2_l2_bitmap(s, l2, index);
+    is_ours = qcow2_entry_has_host(s, entry) && (entry & QCOW2_OFLAG_COPIED);
+    if (s->has_extended_l2) {
+        /* Part of a cluster whose data is not ours alone: write the zeros as data. */
+        if (!is_whole && !is_ours && (entry & ~QCOW2_OFLAG_COPIED))
+            return qcow2_write_zero_data(node, cl + in, len, err);
+        mask = qcow2_sc_mask(s, in, in + len);
+        keep = is_ours && (!may_unmap || !is_whole);
+        if (keep || !is_whole)
+            bitmap = (bitmap & ~mask) | (mask << 32);
+        else
+            bitmap = UINT64_C(0xffffffff) << 32;
+        qcow2_set_l2(s, l2, index, keep ? entry : 0, bitmap);
+    } else {
+        keep = is_ours && !may_unmap && !is_discard && s->hdr.version >= 3;
+        if (s->hdr.version < 3)
+            new_entry = 0;
+        else
+            new_entry = (keep ? (entry & ~QCOW2_OFLAG_ZERO) : 0) | QCOW2_OFLAG_ZERO;
+        qcow2_set_l2(s, l2, index, new_entry, 0);
+    }
+    return keep ? 0 : qcow2_free_entry_target(node, entry, err);
+}
+
+/* Does [offset, +bytes) already read as zeros in this image alone (no backing data)? */
+static int
+qcow2_reads_zero(struct vimg_node *node, uint64_t offset, uint64_t bytes, bool *is_zero,
+                 struct vimg_error *err)
+{
+    struct qcow2_mapping m;
+    int ret;
+
+    *is_zero = false;
+    if ((ret = qcow2_get_mapping(node, offset, bytes, &m, err)) < 0)
+        return ret;
+    if (m.bytes < bytes)
+        return 0;
+    *is_zero = m.kind == QCOW2_ZERO || (m.kind == QCOW2_UNALLOCATED && !node->backing);
+    return 0;
+}
+
+/*
+ * A piece of one subcluster: as QEMU does, when the whole subcluster already
+ * reads as zeros it gets the zero flag, else the zeros are written as data.
+ */
+static int
+qcow2_zero_partial(struct vimg_node *node, uint64_t pos, uint64_t len, bool may_unmap,
+                   struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t sc = pos - pos % s->subcluster_size;
+    uint64_t cl = pos - pos % s->cluster_size;
+    bool is_zero;
+    int ret;
+
+    if ((ret = qcow2_reads_zero(node, sc, s->subcluster_size, &is_zero, err)) < 0)
+        return ret;
+    if (is_zero && s->hdr.version >= 3)
+        return qcow2_zero_clusters(node, cl, sc - cl, s->subcluster_size, may_unmap, false,
+                                   err);
+    if (is_zero)
+        return 0;
+    return qcow2_write_zero_data(node, pos, len, err);
+}
+
+static int
+qcow2_zero_locked(struct vimg_node *node, uint64_t offset, uint64_t bytes, bool may_unmap,
+                  struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t done = 0;
+
+    while (done < bytes) {
+        uint64_t pos = offset + done;
+        uint64_t cl = pos - pos % s->cluster_size, in = pos - cl;
+        uint64_t len = s->cluster_size - in < bytes - done ? s->cluster_size - in
+                                                           : bytes - done;
+        uint64_t head = in % s->subcluster_size ? s->subcluster_size - in % s->subcluster_size
+                                                : 0;
+        uint64_t mid, tail;
+        int ret;
+
+        if (head > len)
+            head = len;
+        mid = (len - head) / s->subcluster_size * s->subcluster_size;
+        tail = len - head - mid;
+        if (head && (ret = qcow2_zero_partial(node, pos, head, may_unmap, err)) < 0)
+            return ret;
+        if (mid && (ret = qcow2_zero_clusters(node, cl, in + head, mid, may_unmap, false,
+                                              err)) < 0)
+            return ret;
+        if (tail && (ret = qcow2_zero_partial(node, pos + head + mid, tail, may_unmap,
+                                              err)) < 0)
+            return ret;
+        done += len;
+    }
+    return 0;
+}
+
+int
+qcow2_zero(struct vimg_node *node, uint64_t offset, uint64_t bytes, unsigned flags,
+           struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    int ret;
+
+    /* Version 2 has no zero flag, and a raw data file must hold the zeros itself. */
+    if ((s->hdr.version < 3 && node->backing) || s->is_data_file_raw)
+        return vimg_error_set(err, ENOTSUP, "Zero writes need the data written here");
+    pthread_mutex_lock(&s->lock);
+    ret = qcow2_zero_locked(node, offset, bytes, flags & VIMG_REQ_MAY_UNMAP, err);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+int
+qcow2_discard_range(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                    struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t start = qcow2_align_up(offset, s->cluster_size);
+    uint64_t end = (offset + bytes) / s->cluster_size * s->cluster_size;
+    int ret = 0;
+
+    /*
+     * Only whole clusters go. A raw data file must stay the image: its range
+     * becomes zeros there, as QEMU's does. A version 2 image over a backing
+     * file keeps its data (it could only show the backing file's instead).
+     */
+    if (s->is_data_file_raw) {
+        if (start >= end || !node->data_file)
+            return 0;
+        return vimg_node_pwrite_zeroes(node->data_file, start, end - start, VIMG_REQ_MAY_UNMAP,
+                                       err);
+    }
+    if (s->hdr.version < 3 && node->backing_filename)
+        return 0;
+    pthread_mutex_lock(&s->lock);
+    for (uint64_t cl = start; cl < end && ret == 0; cl += s->cluster_size)
+        ret = qcow2_zero_clusters(node, cl, 0, s->cluster_size, true, true, err);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* ---- L1 growth and preallocation ---- */
+
+/*
+ * Replaces the L1 table by one of at least min_size entries at a new place:
+ * the new table is on disk before the header names it; the old one is
+ * freed after.
+ */
+int
+qcow2_grow_l1(struct vimg_node *node, uint64_t min_size, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t old_off = s->hdr.l1_table_offset, old_size = s->l1_size;
+    uint64_t new_off, bytes, clusters;
+    uint64_t *l1;
+    uint8_t *buf, hdr[12];
+    int ret;
+
+    if (min_size <= s->l1_size)
+        return 0;
+    if (min_size > QCOW2_MAX_L1_BYTES / 8)
+        return vimg_error_set(err, EFBIG, "L1 table of %" PRIu64 " entries is too large "
+                              "(at most %u)", min_size, QCOW2_MAX_L1_BYTES / 8);
+    bytes = min_size * 8;
+    clusters = qcow2_align_up(bytes, s->cluster_size) / s->cluster_size;
+    l1 = calloc(min_size, sizeof(*l1));
+    buf = calloc(1, bytes);
+    if (!l1 || !buf) {
+        free(l1);
+        free(buf);
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    }
+    memcpy(l1, s->l1, old_size * sizeof(*l1));
+    for (uint64_t i = 0; i < min_size; i++)
+        qcow2_put_be64(buf + i * 8, l1[i]);
+    ret = qcow2_alloc_clusters(node, clusters, &new_off, err);
+    if (ret == 0 && (ret = qcow2_flush_metadata(node, err)) == 0)
+        ret = qcow2_pwrite_file(node->file, new_off, buf, bytes, err);
+    if (ret == 0)
+        ret = vimg_node_flush(node->file, err);
+    free(buf);
+    if (ret < 0) {
+        free(l1);
+        return ret;
+    }
+    qcow2_put_be32(hdr, (uint32_t)min_size);
+    qcow2_put_be64(hdr + 4, new_off);
+    if ((ret = qcow2_write_header_field(node, QCOW2_OFF_L1_SIZE, hdr, 12, err)) < 0 ||
+        (ret = vimg_node_flush(node->file, err)) < 0) {
+        free(l1);
+        return ret;
+    }
+    free(s->l1);
+    s->l1 = l1;
+    s->l1_size = (uint32_t)min_size;
+    s->hdr.l1_size = (uint32_t)min_size;
+    s->hdr.l1_table_offset = new_off;
+    if (old_size)
+        return qcow2_free_clusters(node, old_off, qcow2_align_up(old_size * 8,
+                                                                 s->cluster_size), err);
+    return 0;
+}
+
+/* A cluster for preallocation: one that was freed may hold old data, so it is zeroed. */
+static int
+qcow2_prealloc_cluster(struct vimg_node *node, uint64_t *host, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    int64_t len;
+    int ret;
+
+    if ((ret = qcow2_alloc_clusters(node, 1, host, err)) < 0)
+        return ret;
+    if ((len = vimg_node_length(node->file, err)) < 0)
+        return (int)len;
+    if (*host >= (uint64_t)len)
+        return 0;
+    if ((ret = qcow2_grow_file(node->file, *host + s->cluster_size, err)) < 0)
+        return ret;
+    return vimg_node_pwrite_zeroes(node->file, *host, s->cluster_size, 0, err);
+}
+
+/*
+ * preallocation=metadata: every guest cluster of [offset, +bytes) gets a host
+ * cluster (or, with a data file, its fixed mapping).
+ */
+int
+qcow2_preallocate_metadata(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                           struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t end = offset + bytes;
+    int ret = 0;
+
+    pthread_mutex_lock(&s->lock);
+    for (uint64_t cl = offset - offset % s->cluster_size; cl < end && ret == 0;
+         cl += s->cluster_size) {
+        uint64_t index = (cl / s->cluster_size) % s->l2_entries, host = cl;
+        uint8_t *l2;
+        if ((ret = qcow2_get_l2(node, cl, true, &l2, err)) < 0)
+            break;
+        if (qcow2_entry_has_host(s, qcow2_l2_entry(s, l2, index)))
+            continue;
+        if (!s->has_data_file && (ret = qcow2_prealloc_cluster(node, &host, err)) < 0)
+            break;
+        if ((ret = qcow2_get_l2(node, cl, true, &l2, err)) < 0)
+            break;
+        /* With subclusters, all stay unallocated: the backing file still shows through. */
+        qcow2_set_l2(s, l2, index, host | QCOW2_OFLAG_COPIED, 0);
+    }
+    if (ret == 0)
+        ret = qcow2_flush_metadata(node, err);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}

@@ -1,0 +1,463 @@
+/*
+ * The qcow2 format driver (SPECS.md "qcow2": docs/interop/qcow2.rst):
+ * probing, open/close, the request callbacks, block status, resize and
+ * `info`. The work is done in qcow2-header.c (header and extensions),
+ * qcow2-cluster.c (mapping, reads, writes), qcow2-refcount.c (allocation),
+ * qcow2-create.c and qcow2-check.c.
+ *
+ * Left out for now: encryption (AES and LUKS), internal snapshots (kept
+ * intact, not listed), writing persistent bitmaps (the autoclear bit is
+ * cleared on a writable open, as the spec asks of programs that do not
+ * update them), shrinking.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/qcow2/qcow2.h"
+
+#define QCOW2_MAX_BITMAP_DIR_BYTES (64u << 20)
+
+static int
+qcow2_probe(const uint8_t *buf, size_t len, const char *filename)
+{
+    (void)filename;
+    if (len < 8 || qcow2_be32(buf) != QCOW2_MAGIC)
+        return 0;
+    return qcow2_be32(buf + QCOW2_OFF_VERSION) >= 2 ? 100 : 0;
+}
+
+static void
+qcow2_free_state(struct qcow2_state *s)
+{
+    qcow2_cache_free(&s->l2_cache);
+    qcow2_cache_free(&s->rb_cache);
+    free(s->l1);
+    s->l1 = NULL;
+    free(s->rt);
+    s->rt = NULL;
+    qcow2_free_header(s);
+}
+
+static int
+qcow2_load_l1(struct vimg_node *node, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t bytes = (uint64_t)s->hdr.l1_size * 8;
+    uint8_t *buf;
+    int ret;
+
+    s->l1_size = s->hdr.l1_size;
+    /* At most 32 MiB: the header check bounded l1_size. */
+    s->l1 = calloc(s->l1_size ? s->l1_size : 1, sizeof(uint64_t));
+    buf = malloc(bytes ? bytes : 1);
+    if (!s->l1 || !buf) {
+        free(buf);
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    }
+    ret = qcow2_read_meta(node->file, s->hdr.l1_table_offset, buf, bytes, err);
+    if (ret == 0)
+        for (uint32_t i = 0; i < s->l1_size; i++)
+            s->l1[i] = qcow2_be64(buf + (uint64_t)i * 8);
+    free(buf);
+    if (ret < 0)
+        vimg_error_prefix(err, "Could not read L1 table: ");
+    return ret;
+}
+
+static int
+qcow2_init_caches(struct qcow2_state *s, struct vimg_error *err)
+{
+    unsigned n = (unsigned)((4u << 20) / s->cluster_size);
+
+    if (n < 4)
+        n = 4;
+    if (n > 64)
+        n = 64;
+    if (qcow2_cache_init(&s->l2_cache, n, s->cluster_size) < 0 ||
+        qcow2_cache_init(&s->rb_cache, n, s->cluster_size) < 0)
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    return 0;
+}
+
+static int
+qcow2_open_data_file(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
+                     struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    struct vimg_opts *child = vimg_opts_get_dict(opts, "data-file");
+    const char *ref = vimg_opts_get(opts, "data-file");
+    const char *name = ref ? ref : s->data_file_name;
+
+    if (!s->has_data_file) {
+        if (child || ref)
+            return vimg_error_set(err, EINVAL, "'data-file' can only be set for images with an "
+                                  "external data file");
+        return 0;
+    }
+    if (flags & VIMG_OPEN_NO_IO)
+        return 0;
+    if (!child && !name)
+        return vimg_error_set(err, EINVAL, "'data-file' is required for this image");
+    return vimg_open_child(&node->data_file, node, "data-file", child ? NULL : name, NULL,
+                           child, (flags & ~VIMG_OPEN_NO_BACKING) | VIMG_OPEN_PROTOCOL, err);
+}
+
+static int
+qcow2_clear_autoclear(struct vimg_node *node, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t keep = s->hdr.autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    uint8_t buf[8];
+
+    if (s->hdr.version < 3 || keep == s->hdr.autoclear_features)
+        return 0;
+    qcow2_put_be64(buf, keep);
+    s->hdr.autoclear_features = keep;
+    return qcow2_write_header_field(node, QCOW2_OFF_AUTOCLEAR_FEATURES, buf, 8, err);
+}
+
+static int
+qcow2_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
+           struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    int ret;
+
+    pthread_mutex_init(&s->lock, NULL);
+    if ((ret = qcow2_read_header(node, s, err)) < 0)
+        goto fail;
+    if (s->is_corrupt && (flags & VIMG_OPEN_RDWR)) {
+        ret = vimg_error_set(err, EACCES, "qcow2: Image is corrupt; cannot be opened "
+                             "read/write");
+        goto fail;
+    }
+    node->cluster_size = s->cluster_size;
+    node->is_dirty = s->is_dirty;
+    if ((ret = qcow2_load_l1(node, err)) < 0 ||
+        (ret = qcow2_load_refcount_table(node, err)) < 0 ||
+        (ret = qcow2_init_caches(s, err)) < 0 ||
+        (ret = qcow2_open_data_file(node, opts, flags, err)) < 0)
+        goto fail;
+    if (s->is_data_file_raw && node->backing_filename) {
+        ret = vimg_error_set(err, EINVAL, "data-file-raw cannot be used with a backing file");
+        goto fail;
+    }
+    if ((flags & VIMG_OPEN_RDWR) && (ret = qcow2_clear_autoclear(node, err)) < 0)
+        goto fail;
+    return 0;
+fail:
+    qcow2_free_state(s);
+    pthread_mutex_destroy(&s->lock);
+    return ret;
+}
+
+static void
+qcow2_close(struct vimg_node *node)
+{
+    struct qcow2_state *s = node->state;
+
+    if (!node->is_read_only)
+        qcow2_flush_metadata(node, NULL);
+    qcow2_free_state(s);
+    pthread_mutex_destroy(&s->lock);
+}
+
+static int64_t
+qcow2_length(struct vimg_node *node, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+
+    (void)err;
+    return (int64_t)s->hdr.size;
+}
+
+/* Only the image file: QEMU leaves the data file out of "disk size". */
+static int64_t
+qcow2_allocated_size(struct vimg_node *node, struct vimg_error *err)
+{
+    return vimg_node_allocated_size(node->file, err);
+}
+
+static int
+qcow2_preadv(struct vimg_node *node, uint64_t offset, uint64_t bytes, const struct iovec *iov,
+             int n_iov, unsigned flags, struct vimg_error *err)
+{
+    (void)flags;
+    return qcow2_read(node, offset, bytes, iov, n_iov, err);
+}
+
+static int
+qcow2_pwritev(struct vimg_node *node, uint64_t offset, uint64_t bytes, const struct iovec *iov,
+              int n_iov, unsigned flags, struct vimg_error *err)
+{
+    int ret = qcow2_write(node, offset, bytes, iov, n_iov, err);
+
+    if (ret == 0 && (flags & VIMG_REQ_FUA))
+        ret = vimg_node_flush(node, err);
+    return ret;
+}
+
+static int
+qcow2_pwrite_zeroes(struct vimg_node *node, uint64_t offset, uint64_t bytes, unsigned flags,
+                    struct vimg_error *err)
+{
+    int ret = qcow2_zero(node, offset, bytes, flags, err);
+
+    if (ret == 0 && (flags & VIMG_REQ_FUA))
+        ret = vimg_node_flush(node, err);
+    return ret;
+}
+
+static int
+qcow2_discard(struct vimg_node *node, uint64_t offset, uint64_t bytes, struct vimg_error *err)
+{
+    return qcow2_discard_range(node, offset, bytes, err);
+}
+
+static int
+qcow2_flush(struct vimg_node *node, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    int ret;
+
+    if (node->is_read_only)
+        return 0;
+    pthread_mutex_lock(&s->lock);
+    ret = qcow2_flush_metadata(node, err);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+static int
+qcow2_block_status(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                   struct vimg_block_status *bs, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    struct qcow2_mapping m;
+    int ret;
+
+    pthread_mutex_lock(&s->lock);
+    ret = qcow2_get_mapping(node, offset, bytes, &m, err);
+    pthread_mutex_unlock(&s->lock);
+    if (ret < 0)
+        return ret;
+    memset(bs, 0, sizeof(*bs));
+    bs->bytes = m.bytes;
+    switch (m.kind) {
+    case QCOW2_UNALLOCATED:
+        break;
+    case QCOW2_ZERO:
+        bs->flags = VIMG_BS_ALLOCATED | VIMG_BS_ZERO;
+        if (!s->has_extended_l2 && (m.l2_entry & QCOW2_OFFSET_MASK) &&
+            (m.l2_entry & QCOW2_OFLAG_COPIED)) {
+            bs->flags |= VIMG_BS_OFFSET_VALID;
+            bs->offset = (m.l2_entry & QCOW2_OFFSET_MASK) + offset % s->cluster_size;
+            bs->file = qcow2_data_node(node);
+        }
+        break;
+    case QCOW2_COMPRESSED:
+        bs->flags = VIMG_BS_ALLOCATED | VIMG_BS_DATA | VIMG_BS_COMPRESSED;
+        break;
+    case QCOW2_NORMAL:
+        bs->flags = VIMG_BS_ALLOCATED | VIMG_BS_DATA | VIMG_BS_OFFSET_VALID;
+        bs->offset = m.host_offset;
+        bs->file = qcow2_data_node(node);
+        break;
+    }
+    return 0;
+}
+
+static int
+qcow2_truncate_locked(struct vimg_node *node, uint64_t size, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t cover = (uint64_t)s->l2_entries * s->cluster_size;
+    uint8_t buf[8];
+    int ret;
+
+    if (size < s->hdr.size)
+        return vimg_error_set(err, ENOTSUP, "qcow2 images cannot be shrunk yet (from %" PRIu64
+                              " to %" PRIu64 " bytes)", s->hdr.size, size);
+    if ((ret = qcow2_grow_l1(node, size / cover + (size % cover ? 1 : 0), err)) < 0)
+        return ret;
+    qcow2_put_be64(buf, size);
+    if ((ret = qcow2_write_header_field(node, QCOW2_OFF_SIZE, buf, 8, err)) < 0)
+        return ret;
+    s->hdr.size = size;
+    return 0;
+}
+
+/* Makes the file (or data file) cover every allocated cluster, preallocating its new part. */
+static int
+qcow2_extend_storage(struct vimg_node *node, uint64_t old_size, int prealloc,
+                     struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    struct vimg_node *data = qcow2_data_node(node);
+    uint64_t end = s->has_data_file ? s->hdr.size : s->alloc_end * s->cluster_size;
+    int64_t len = vimg_node_length(data, err);
+    const char *mode = prealloc == VIMG_PREALLOC_FULL ? "full"
+                       : prealloc == VIMG_PREALLOC_FALLOC ? "falloc" : "off";
+
+    (void)old_size;
+    if (len < 0)
+        return (int)len;
+    if ((uint64_t)len >= end)
+        return 0;
+    return vimg_node_truncate(data, end, true, mode, err);
+}
+
+static int
+qcow2_truncate(struct vimg_node *node, uint64_t size, bool is_exact, int prealloc,
+               struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t old_size = s->hdr.size;
+    int ret;
+
+    (void)is_exact;
+    pthread_mutex_lock(&s->lock);
+    ret = qcow2_truncate_locked(node, size, err);
+    pthread_mutex_unlock(&s->lock);
+    if (ret == 0 && prealloc != VIMG_PREALLOC_OFF && size > old_size)
+        ret = qcow2_preallocate_metadata(node, old_size, size - old_size, err);
+    if (ret == 0 && (prealloc != VIMG_PREALLOC_OFF || s->has_data_file))
+        ret = qcow2_extend_storage(node, old_size, prealloc, err);
+    return ret;
+}
+
+/* One bitmap directory entry as `info` lists it; *used is the entry's size. */
+static int
+qcow2_decode_bitmap(const uint8_t *p, uint64_t avail, json_t *list, uint64_t *used,
+                    struct vimg_error *err)
+{
+    uint32_t flags, extra;
+    uint16_t name_size;
+    json_t *bm, *fl;
+    char name[1024];
+
+    if (avail < 24)
+        return vimg_error_set(err, EINVAL, "Bitmap directory entry is truncated");
+    flags = qcow2_be32(p + 12);
+    name_size = qcow2_be16(p + 18);
+    extra = qcow2_be32(p + 20);
+    if (name_size == 0 || name_size >= sizeof(name) || extra > avail - 24 ||
+        name_size > avail - 24 - extra)
+        return vimg_error_set(err, EINVAL, "Bitmap directory entry is invalid (name size %u, "
+                              "extra data size %" PRIu32 ")", name_size, extra);
+    memcpy(name, p + 24 + extra, name_size);
+    name[name_size] = '\0';
+    *used = qcow2_align_up(24 + (uint64_t)extra + name_size, 8);
+    bm = json_object();
+    fl = json_array();
+    if (flags & 1)
+        json_array_append_new(fl, json_string("in-use"));
+    if (flags & 2)
+        json_array_append_new(fl, json_string("auto"));
+    json_object_set_new(bm, "flags", fl);
+    json_object_set_new(bm, "name", json_string(name));
+    json_object_set_new(bm, "granularity", json_integer((json_int_t)1 << (p[17] & 63)));
+    json_array_append_new(list, bm);
+    return 0;
+}
+
+static int
+qcow2_info_bitmaps(struct vimg_node *node, json_t *data, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t size = s->bitmaps_dir_size, at = 0;
+    json_t *list;
+    uint8_t *dir;
+    int ret = 0;
+
+    if (!s->has_bitmaps_ext || !(s->hdr.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS))
+        return 0;
+    if (size > QCOW2_MAX_BITMAP_DIR_BYTES)
+        return vimg_error_set(err, EINVAL, "Bitmap directory size %" PRIu64 " is too large "
+                              "(at most %u)", size, QCOW2_MAX_BITMAP_DIR_BYTES);
+    if (!(dir = malloc(size ? size : 1)))
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    if ((ret = qcow2_read_meta(node->file, s->bitmaps_dir_offset, dir, size, err)) < 0) {
+        free(dir);
+        return ret;
+    }
+    list = json_array();
+    for (uint32_t i = 0; i < s->nb_bitmaps && ret == 0; i++) {
+        uint64_t used;
+        ret = qcow2_decode_bitmap(dir + at, size - at, list, &used, err);
+        at += used;
+        if (ret == 0 && at > size)
+            at = size;
+    }
+    free(dir);
+    if (ret < 0) {
+        json_decref(list);
+        return ret;
+    }
+    json_object_set_new(data, "bitmaps", list);
+    return 0;
+}
+
+/* Keys in the order QEMU prints them. */
+static int
+qcow2_info(struct vimg_node *node, json_t **format_specific, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    json_t *spec = json_object(), *data = json_object();
+    bool is_v3 = s->hdr.version >= 3;
+    int ret;
+
+    json_object_set_new(data, "compat", json_string(is_v3 ? "1.1" : "0.10"));
+    json_object_set_new(data, "compression-type",
+                        json_string(s->compression_type == QCOW2_COMPRESSION_ZSTD ? "zstd"
+                                                                                  : "zlib"));
+    if (is_v3) {
+        json_object_set_new(data, "lazy-refcounts",
+                            json_boolean(s->hdr.compatible_features &
+                                         QCOW2_COMPAT_LAZY_REFCOUNTS));
+        if ((ret = qcow2_info_bitmaps(node, data, err)) < 0) {
+            json_decref(spec);
+            json_decref(data);
+            return ret;
+        }
+    }
+    json_object_set_new(data, "refcount-bits", json_integer(s->refcount_bits));
+    if (is_v3) {
+        if (s->data_file_name)
+            json_object_set_new(data, "data-file", json_string(s->data_file_name));
+        if (s->has_data_file)
+            json_object_set_new(data, "data-file-raw", json_boolean(s->is_data_file_raw));
+        json_object_set_new(data, "corrupt", json_boolean(s->is_corrupt));
+        json_object_set_new(data, "extended-l2", json_boolean(s->has_extended_l2));
+    }
+    json_object_set_new(spec, "type", json_string("qcow2"));
+    json_object_set_new(spec, "data", data);
+    *format_specific = spec;
+    return 0;
+}
+
+const struct vimg_driver vimg_qcow2_driver = {
+    .name = "qcow2",
+    .kind = VIMG_DRIVER_FORMAT,
+    .state_size = sizeof(struct qcow2_state),
+    .has_zero_init = true,
+    .supports_backing = true,
+    .probe = qcow2_probe,
+    .open = qcow2_open,
+    .close = qcow2_close,
+    .create_opts = qcow2_create_opts,
+    .create = qcow2_create,
+    .preadv = qcow2_preadv,
+    .pwritev = qcow2_pwritev,
+    .pwrite_zeroes = qcow2_pwrite_zeroes,
+    .discard = qcow2_discard,
+    .flush = qcow2_flush,
+    .block_status = qcow2_block_status,
+    .length = qcow2_length,
+    .allocated_size = qcow2_allocated_size,
+    .truncate = qcow2_truncate,
+    .info = qcow2_info,
+    .check = qcow2_check,
+};

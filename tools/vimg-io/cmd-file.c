@@ -1,0 +1,424 @@
+/*
+ * Commands about the open image as a whole: open, close, reopen, info,
+ * length, map, alloc, truncate; and the opening itself, shared with main.
+ * -s (snapshot) is refused: it needs a temporary qcow2 overlay, and vimg has
+ * no qcow2 driver yet.
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io.h"
+
+#define OPEN_CACHE_MASK (VIMG_OPEN_NOCACHE | VIMG_OPEN_NO_FLUSH | VIMG_OPEN_WRITETHROUGH)
+
+/* The -t/-c cache modes, as VIMG_OPEN_* flags; prints qemu-io's error. */
+bool
+io_parse_cache(const char *mode, unsigned *flags)
+{
+    unsigned f = *flags & ~OPEN_CACHE_MASK;
+
+    if (strcmp(mode, "none") == 0 || strcmp(mode, "off") == 0)
+        f |= VIMG_OPEN_NOCACHE;
+    else if (strcmp(mode, "directsync") == 0)
+        f |= VIMG_OPEN_NOCACHE | VIMG_OPEN_WRITETHROUGH;
+    else if (strcmp(mode, "writethrough") == 0)
+        f |= VIMG_OPEN_WRITETHROUGH;
+    else if (strcmp(mode, "unsafe") == 0)
+        f |= VIMG_OPEN_NO_FLUSH;
+    else if (strcmp(mode, "writeback") != 0) {
+        tool_error("Invalid cache option: %s", mode);
+        return false;
+    }
+    *flags = f;
+    return true;
+}
+
+/* Discard modes only decide whether discards reach the file; raw files accept both. */
+bool
+io_parse_discard(const char *mode)
+{
+    if (strcmp(mode, "off") == 0 || strcmp(mode, "ignore") == 0 ||
+        strcmp(mode, "on") == 0 || strcmp(mode, "unmap") == 0)
+        return true;
+    tool_error("Invalid discard option: %s", mode);
+    return false;
+}
+
+bool
+io_parse_aio(const char *mode, bool *is_native)
+{
+    if (strcmp(mode, "threads") == 0 || strcmp(mode, "io_uring") == 0) {
+        *is_native = false;
+        return true;
+    }
+    if (strcmp(mode, "native") == 0) {
+        *is_native = true;
+        return true;
+    }
+    tool_error("Invalid aio option: %s", mode);
+    return false;
+}
+
+static void
+open_error(const char *filename, const char *msg)
+{
+    if (filename)
+        tool_error("can't open device %s: %s", filename, msg);
+    else
+        tool_error("can't open: %s", msg);
+}
+
+int
+io_open_image(struct io_state *s, const char *filename, const char *format,
+              struct vimg_opts *opts, unsigned flags, bool is_native_aio)
+{
+    struct vimg_error err = { 0 };
+
+    if (is_native_aio && !(flags & VIMG_OPEN_NOCACHE)) {
+        open_error(filename, "aio=native was specified, but it requires cache.direct=on, "
+                   "which was not specified.");
+        vimg_opts_free(opts);
+        return -1;
+    }
+    if (vimg_open(&s->node, filename, format, opts, flags, &err) < 0) {
+        open_error(filename, err.msg);
+        vimg_opts_free(opts);
+        s->node = NULL;
+        return -1;
+    }
+    s->filename = filename ? strdup(filename) : NULL;
+    s->format = format ? strdup(format) : NULL;
+    s->opts = opts;
+    s->flags = flags;
+    return 0;
+}
+
+void
+io_close_image(struct io_state *s)
+{
+    io_drain(s);
+    vimg_close(s->node);
+    s->node = NULL;
+    free(s->filename);
+    free(s->format);
+    vimg_opts_free(s->opts);
+    s->filename = NULL;
+    s->format = NULL;
+    s->opts = NULL;
+}
+
+struct open_args {
+    unsigned flags;
+    bool is_native;
+    bool is_snapshot;
+    struct vimg_opts *opts;
+};
+
+static int
+open_getopt(int argc, char **argv, struct open_args *a)
+{
+    struct vimg_error err = { 0 };
+    int c;
+
+    while ((c = getopt(argc, argv, "snCro:ki:t:d:U")) != -1) {
+        switch (c) {
+        case 's': a->is_snapshot = true; break;
+        case 'n': a->flags = (a->flags & ~OPEN_CACHE_MASK) | VIMG_OPEN_NOCACHE; break;
+        case 'C': break;
+        case 'r': a->flags &= ~VIMG_OPEN_RDWR; break;
+        case 'o':
+            if (vimg_opts_parse(a->opts, optarg, NULL, &err) < 0) {
+                tool_error("%s", err.msg);
+                return -1;
+            }
+            break;
+        case 'k': a->is_native = true; break;
+        case 'i': if (!io_parse_aio(optarg, &a->is_native)) return -1; break;
+        case 't': if (!io_parse_cache(optarg, &a->flags)) return -1; break;
+        case 'd': if (!io_parse_discard(optarg)) return -1; break;
+        case 'U': a->flags |= VIMG_OPEN_FORCE_SHARE; break;
+        default:
+            return io_usage(io_find_cmd("open"));
+        }
+    }
+    return 0;
+}
+
+/* "key" without "=value" in an options string means key=on, which QEMU warns about. */
+void
+io_warn_short_booleans(const char *str)
+{
+    const char *p = str, *key;
+
+    for (;;) {
+        key = p;
+        while (*p && *p != '=' && *p != ',')
+            p++;
+        if (*p == '=') {
+            while (*++p && !(*p == ',' && p[1] != ','))
+                p += *p == ',';
+        } else {
+            /* "nofoo" is QEMU's short form of foo=off. */
+            bool is_no = p - key > 2 && strncmp(key, "no", 2) == 0;
+            const char *name = is_no ? key + 2 : key;
+            tool_error("warning: short-form boolean option '%.*s' deprecated\n"
+                       "Please use %.*s=%s instead", (int)(p - key), key, (int)(p - name),
+                       name, is_no ? "off" : "on");
+        }
+        if (!*p)
+            return;
+        p++;
+    }
+}
+
+/* With --image-opts the path argument is itself an options string. */
+static int
+open_image_opts(struct open_args *a, const char *arg)
+{
+    struct vimg_error err = { 0 };
+
+    io_warn_short_booleans(arg);
+    if (vimg_opts_parse(a->opts, arg, NULL, &err) < 0) {
+        tool_error("%s", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* Takes a->opts: io_open_image keeps or frees it, and so do the early failures. */
+static int
+open_checked(struct io_state *s, struct open_args *a, const char *filename)
+{
+    const char *msg = NULL;
+
+    if (s->node)
+        msg = "file open already, try 'help close'";
+    else if (!filename && vimg_opts_is_empty(a->opts))
+        msg = "can't open: Must specify either driver or file";
+    if (msg || a->is_snapshot) {
+        if (msg)
+            tool_error("%s", msg);
+        else
+            open_error(filename, "snapshot=on is not supported by vimg-io");
+        vimg_opts_free(a->opts);
+        return -1;
+    }
+    if (vimg_opts_is_empty(a->opts)) {
+        vimg_opts_free(a->opts);
+        a->opts = NULL;
+    }
+    return io_open_image(s, filename, NULL, a->opts, a->flags, a->is_native);
+}
+
+int
+io_cmd_open(struct io_state *s, int argc, char **argv)
+{
+    struct open_args a = { .flags = VIMG_OPEN_RDWR, .opts = vimg_opts_new() };
+    const char *filename = NULL;
+
+    if (!a.opts || open_getopt(argc, argv, &a) < 0)
+        goto fail;
+    if (s->is_image_opts && !vimg_opts_is_empty(a.opts)) {
+        printf("--image-opts and 'open -o' are mutually exclusive\n");
+        goto fail;
+    }
+    if (optind == argc - 1) {
+        filename = argv[optind];
+        if (s->is_image_opts) {
+            if (open_image_opts(&a, filename) < 0)
+                goto fail;
+            filename = NULL;
+        }
+    } else if (optind != argc) {
+        io_usage(io_find_cmd("open"));
+        goto fail;
+    }
+    return open_checked(s, &a, filename);
+fail:
+    vimg_opts_free(a.opts);
+    return -1;
+}
+
+int
+io_cmd_close(struct io_state *s, int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    io_close_image(s);
+    return 0;
+}
+
+int
+io_cmd_info(struct io_state *s, int argc, char **argv)
+{
+    char buf[64];
+
+    (void)argc;
+    (void)argv;
+    printf("format name: %s\n", vimg_node_format(s->node));
+    io_cvtstr(vimg_node_cluster_size(s->node), buf, sizeof(buf));
+    printf("cluster size: %s\n", buf);
+    io_cvtstr(0, buf, sizeof(buf));
+    printf("vm state offset: %s\n", buf);
+    return 0;
+}
+
+int
+io_cmd_length(struct io_state *s, int argc, char **argv)
+{
+    struct vimg_error err = { 0 };
+    int64_t len = vimg_node_length(s->node, &err);
+    char buf[64];
+
+    (void)argc;
+    (void)argv;
+    if (len < 0) {
+        printf("getlength: %s\n", strerror(err.errnum));
+        return -1;
+    }
+    io_cvtstr((double)len, buf, sizeof(buf));
+    printf("%s\n", buf);
+    return 0;
+}
+
+/* Whether [offset, +bytes) starts allocated, and for how long (*n). */
+static int
+is_allocated(struct io_state *s, int64_t offset, int64_t bytes, int64_t *n, bool *is_alloc)
+{
+    struct vimg_error err = { 0 };
+    struct vimg_block_status bs;
+
+    if (vimg_node_block_status_above(s->node, NULL, (uint64_t)offset, (uint64_t)bytes, &bs,
+                                     &err) < 0) {
+        printf("is_allocated failed: %s\n", strerror(err.errnum));
+        return -1;
+    }
+    *is_alloc = bs.flags & VIMG_BS_ALLOCATED;
+    *n = (int64_t)bs.bytes < bytes ? (int64_t)bs.bytes : bytes;
+    return 0;
+}
+
+/* The run of same allocation state starting at offset, merged over block-status calls. */
+static int
+map_run(struct io_state *s, int64_t offset, int64_t bytes, int64_t *n, bool *is_alloc)
+{
+    int64_t len;
+    bool next;
+
+    if (is_allocated(s, offset, bytes, n, is_alloc) < 0)
+        return -1;
+    while (*n < bytes && *n > 0) {
+        if (is_allocated(s, offset + *n, bytes - *n, &len, &next) < 0)
+            return -1;
+        if (next != *is_alloc || len == 0)
+            break;
+        *n += len;
+    }
+    return 0;
+}
+
+int
+io_cmd_map(struct io_state *s, int argc, char **argv)
+{
+    struct vimg_error err = { 0 };
+    int64_t len = vimg_node_length(s->node, &err), offset = 0, n;
+    char s1[64], s2[64];
+    bool is_alloc;
+
+    (void)argc;
+    (void)argv;
+    if (len < 0) {
+        printf("getlength: %s\n", strerror(err.errnum));
+        return -1;
+    }
+    while (offset < len) {
+        if (map_run(s, offset, len - offset, &n, &is_alloc) < 0)
+            return -1;
+        if (n == 0)
+            break;
+        io_cvtstr((double)n, s1, sizeof(s1));
+        io_cvtstr((double)offset, s2, sizeof(s2));
+        printf("%s (0x%" PRIx64 ") bytes %s allocated at offset %s (0x%" PRIx64 ")\n", s1,
+               (uint64_t)n, is_alloc ? "   " : "not", s2, (uint64_t)offset);
+        offset += n;
+    }
+    return 0;
+}
+
+int
+io_cmd_alloc(struct io_state *s, int argc, char **argv)
+{
+    struct vimg_error err = { 0 };
+    int64_t offset, count = 512, len, n, done = 0, sum = 0;
+    char buf[64];
+    bool is_alloc;
+
+    if ((offset = io_cvtnum(argv[1])) < 0 || (argc == 3 && (count = io_cvtnum(argv[2])) < 0))
+        return -1;
+    if ((len = vimg_node_length(s->node, &err)) < 0) {
+        printf("getlength: %s\n", strerror(err.errnum));
+        return -1;
+    }
+    count = offset >= len ? 0 : (count < len - offset ? count : len - offset);
+    while (done < count) {
+        if (is_allocated(s, offset + done, count - done, &n, &is_alloc) < 0)
+            return -1;
+        if (n == 0)
+            break;
+        if (is_alloc)
+            sum += n;
+        done += n;
+    }
+    io_cvtstr((double)offset, buf, sizeof(buf));
+    printf("%" PRId64 "/%" PRId64 " bytes allocated at offset %s\n", sum, done, buf);
+    return 0;
+}
+
+static bool
+prealloc_is_valid(const char *mode)
+{
+    static const char *const modes[] = { "off", "metadata", "falloc", "full" };
+
+    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+        if (strcmp(mode, modes[i]) == 0)
+            return true;
+    }
+    tool_error("Invalid preallocation mode '%s'", mode);
+    return false;
+}
+
+int
+io_cmd_truncate(struct io_state *s, int argc, char **argv)
+{
+    struct vimg_error err = { 0 };
+    const char *prealloc = "off";
+    int64_t offset;
+    int c;
+
+    while ((c = getopt(argc, argv, "m:")) != -1) {
+        if (c != 'm')
+            return io_usage(io_find_cmd("truncate"));
+        prealloc = optarg;
+        if (!prealloc_is_valid(prealloc))
+            return -1;
+    }
+    /* Words after the size are ignored, as qemu-io ignores them. */
+    if (optind >= argc)
+        return io_usage(io_find_cmd("truncate"));
+    /* qemu-io names its first argument, not the size, in the parse error. */
+    if ((c = io_parse_num(argv[optind], &offset)) < 0) {
+        io_print_cvtnum_err(c, argv[1]);
+        return -1;
+    }
+    if (strcmp(prealloc, "off") != 0 && offset < vimg_node_length(s->node, &err)) {
+        tool_error("Cannot use preallocation for shrinking files");
+        return -1;
+    }
+    if (vimg_node_truncate(s->node, (uint64_t)offset, true, prealloc, &err) < 0) {
+        tool_error("%s", err.msg);
+        return -1;
+    }
+    return 0;
+}
