@@ -48,7 +48,7 @@ base64_decode(const char *in, char **out, size_t *out_len, struct vimg_error *er
             break;
         if ((v = base64_value((unsigned char)in[i])) < 0) {
             free(buf);
-            return vimg_error_set(err, EINVAL, "Failed to decode base64 data");
+            return vimg_error_set(err, EINVAL, "Base64 data contains invalid characters");
         }
         acc = (acc << 6) | (unsigned)v;
         bits += 6;
@@ -71,7 +71,8 @@ read_file(const char *path, char **out, size_t *out_len, struct vimg_error *err)
     size_t len = 0, cap = 0;
 
     if (!f)
-        return vimg_error_set_errno(err, errno, "Unable to read %s", path);
+        return vimg_error_set(err, errno, "Unable to read %s: Failed to open file \u201c%s\u201d: "
+                              "%s", path, path, strerror(errno));
     for (;;) {
         if (len + 4096 + 1 > cap) {
             char *p = realloc(buf, cap = cap ? cap * 2 : 8192);
@@ -104,12 +105,13 @@ secret_load(struct vimg_opts *o, char **data, size_t *len, struct vimg_error *er
     size_t raw_len = 0;
     int ret;
 
-    if (inline_data && file)
-        return vimg_error_set(err, EINVAL, "'data' and 'file' are mutually exclusive");
-    if (!inline_data && !file)
-        return vimg_error_set(err, EINVAL, "Either 'data' or 'file' must be provided");
     if (format && strcmp(format, "raw") && strcmp(format, "base64"))
-        return vimg_error_set(err, EINVAL, "Invalid parameter 'format'");
+        return vimg_error_set(err, EINVAL, "Parameter 'format' does not accept value '%s'",
+                              format);
+    if (inline_data && file)
+        return vimg_error_set(err, EINVAL, "'file' and 'data' are mutually exclusive");
+    if (!inline_data && !file)
+        return vimg_error_set(err, EINVAL, "Either 'file' or 'data' must be provided");
     if (file) {
         if ((ret = read_file(file, &raw, &raw_len, err)) < 0)
             return ret;
@@ -149,12 +151,21 @@ vimg_object_add(const char *spec, struct vimg_error *err)
         goto out;
     }
     if (strcmp(type, "secret") != 0) {
-        ret = vimg_error_set(err, EINVAL, "Invalid parameter value for 'qom-type': '%s'",
+        ret = vimg_error_set(err, EINVAL, "Parameter 'qom-type' does not accept value '%s'",
                              type);
         goto out;
     }
     if (!id) {
         ret = vimg_error_set(err, EINVAL, "Parameter 'id' is missing");
+        goto out;
+    }
+    vimg_opts_get(o, "data");
+    vimg_opts_get(o, "file");
+    vimg_opts_get(o, "format");
+    vimg_opts_get(o, "keyid");
+    vimg_opts_get(o, "iv");
+    if (vimg_opts_find_unused(o, key, sizeof(key))) {
+        ret = vimg_error_set(err, EINVAL, "Parameter '%s' is unexpected", key);
         goto out;
     }
     if (!(s = calloc(1, sizeof(*s))) || !(s->id = strdup(id))) {
@@ -163,12 +174,6 @@ vimg_object_add(const char *spec, struct vimg_error *err)
     }
     if ((ret = secret_load(o, &s->data, &s->len, err)) < 0)
         goto out;
-    vimg_opts_get(o, "keyid");
-    vimg_opts_get(o, "iv");
-    if (vimg_opts_find_unused(o, key, sizeof(key))) {
-        ret = vimg_error_set(err, EINVAL, "Property 'secret.%s' not found", key);
-        goto out;
-    }
     pthread_mutex_lock(&secrets_lock);
     for (struct secret *p = secrets; p; p = p->next) {
         if (strcmp(p->id, id) == 0) {
