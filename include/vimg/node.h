@@ -26,6 +26,11 @@ struct vimg_node;
 #define VIMG_OPEN_PROTOCOL      0x0100u  /* the filename names storage: no format probing */
 #define VIMG_OPEN_NO_IO         0x0200u  /* metadata only (info of an image in use) */
 #define VIMG_OPEN_NO_SHARE_RESIZE 0x0400u  /* let nobody else resize (qemu-nbd) */
+#define VIMG_OPEN_AIO_NATIVE    0x0800u  /* default aio=native for file protocols */
+#define VIMG_OPEN_AIO_IO_URING  0x1000u  /* default aio=io_uring for file protocols */
+#define VIMG_OPEN_REOPEN        0x2000u  /* opening again what was open: skip the checks QEMU
+                                            makes only at first open (aio=native without
+                                            O_DIRECT, O_DIRECT writes to an unaligned size) */
 
 /* Request flags */
 #define VIMG_REQ_FUA            0x0001u  /* data reaches stable storage before return */

@@ -496,6 +496,28 @@ perms_for_storage(const struct vimg_node *node, unsigned perm, unsigned shared,
         *child_shared = VIMG_PERM_ALL;
 }
 
+/*
+ * Writing a file whose end is not aligned (O_DIRECT) means rounding the last
+ * block up, which changes its size: that needs the resize permission.
+ */
+static int
+node_check_write_alignment(struct vimg_node *node, unsigned perm, struct vimg_error *err)
+{
+    int64_t len;
+
+    if (node->drv->kind != VIMG_DRIVER_PROTOCOL || node->request_alignment <= 1 ||
+        (node->open_flags & VIMG_OPEN_REOPEN) ||
+        !(perm & VIMG_PERM_WRITE) || (perm & VIMG_PERM_RESIZE) || !node->drv->length)
+        return 0;
+    len = node->drv->length(node, err);
+    if (len < 0)
+        return (int)len;
+    if (len % node->request_alignment)
+        return vimg_error_set(err, EINVAL, "Cannot get 'write' permission without 'resize': "
+                              "Image size is not a multiple of request alignment");
+    return 0;
+}
+
 static int
 node_set_perm(struct vimg_node *node, unsigned perm, unsigned shared, struct vimg_error *err)
 {
@@ -506,6 +528,8 @@ node_set_perm(struct vimg_node *node, unsigned perm, unsigned shared, struct vim
         return 0;
     node->perm = perm;
     node->shared_perm = shared;
+    if ((ret = node_check_write_alignment(node, perm, err)) < 0)
+        return ret;
     if (node->drv->set_perm && (ret = node->drv->set_perm(node, perm, shared, err)) < 0)
         return ret;
     perms_for_storage(node, perm, shared, &child_perm, &child_shared);

@@ -169,7 +169,10 @@ posix_read_opts(struct vimg_node *node, struct vimg_opts *opts, int *aio,
     uint64_t batch;
     int lock, ret;
 
-    if ((ret = vimg_opts_get_enum(opts, "aio", aio_names, 0, aio, err)) < 0)
+    int def_aio = (node->open_flags & VIMG_OPEN_AIO_NATIVE) ? 1
+                  : (node->open_flags & VIMG_OPEN_AIO_IO_URING) ? 2 : 0;
+
+    if ((ret = vimg_opts_get_enum(opts, "aio", aio_names, def_aio, aio, err)) < 0)
         return ret;
     if ((ret = vimg_opts_get_enum(opts, "locking", lock_names, VIMG_LOCK_AUTO, &lock, err)) < 0)
         return ret;
@@ -179,7 +182,7 @@ posix_read_opts(struct vimg_node *node, struct vimg_opts *opts, int *aio,
     vimg_opts_get(opts, "filename");
     vimg_opts_get(opts, "drop-cache");
     vimg_opts_get(opts, "x-check-cache-dropped");
-    if (*aio == 1 && !(node->open_flags & VIMG_OPEN_NOCACHE))
+    if (*aio == 1 && !(node->open_flags & (VIMG_OPEN_NOCACHE | VIMG_OPEN_REOPEN)))
         return vimg_error_set(err, EINVAL, "aio=native was specified, but it requires "
                               "cache.direct=on, which was not specified.");
     return 0;

@@ -46,15 +46,19 @@ io_parse_discard(const char *mode)
     return false;
 }
 
+/* The aio mode becomes the default "aio" option of the image's file protocol. */
 bool
-io_parse_aio(const char *mode, bool *is_native)
+io_parse_aio(const char *mode, unsigned *flags)
 {
-    if (strcmp(mode, "threads") == 0 || strcmp(mode, "io_uring") == 0) {
-        *is_native = false;
+    *flags &= ~(VIMG_OPEN_AIO_NATIVE | VIMG_OPEN_AIO_IO_URING);
+    if (strcmp(mode, "threads") == 0)
+        return true;
+    if (strcmp(mode, "io_uring") == 0) {
+        *flags |= VIMG_OPEN_AIO_IO_URING;
         return true;
     }
     if (strcmp(mode, "native") == 0) {
-        *is_native = true;
+        *flags |= VIMG_OPEN_AIO_NATIVE;
         return true;
     }
     tool_error("Invalid aio option: %s", mode);
@@ -72,16 +76,10 @@ open_error(const char *filename, const char *msg)
 
 int
 io_open_image(struct io_state *s, const char *filename, const char *format,
-              struct vimg_opts *opts, unsigned flags, bool is_native_aio)
+              struct vimg_opts *opts, unsigned flags)
 {
     struct vimg_error err = { 0 };
 
-    if (is_native_aio && !(flags & VIMG_OPEN_NOCACHE)) {
-        open_error(filename, "aio=native was specified, but it requires cache.direct=on, "
-                   "which was not specified.");
-        vimg_opts_free(opts);
-        return -1;
-    }
     if (vimg_open(&s->node, filename, format, opts, flags, &err) < 0) {
         open_error(filename, err.msg);
         vimg_opts_free(opts);
@@ -111,7 +109,6 @@ io_close_image(struct io_state *s)
 
 struct open_args {
     unsigned flags;
-    bool is_native;
     bool is_snapshot;
     struct vimg_opts *opts;
 };
@@ -134,8 +131,8 @@ open_getopt(int argc, char **argv, struct open_args *a)
                 return -1;
             }
             break;
-        case 'k': a->is_native = true; break;
-        case 'i': if (!io_parse_aio(optarg, &a->is_native)) return -1; break;
+        case 'k': a->flags |= VIMG_OPEN_AIO_NATIVE; break;
+        case 'i': if (!io_parse_aio(optarg, &a->flags)) return -1; break;
         case 't': if (!io_parse_cache(optarg, &a->flags)) return -1; break;
         case 'd': if (!io_parse_discard(optarg)) return -1; break;
         case 'U': a->flags |= VIMG_OPEN_FORCE_SHARE; break;
@@ -209,7 +206,7 @@ open_checked(struct io_state *s, struct open_args *a, const char *filename)
         vimg_opts_free(a->opts);
         a->opts = NULL;
     }
-    return io_open_image(s, filename, NULL, a->opts, a->flags, a->is_native);
+    return io_open_image(s, filename, NULL, a->opts, a->flags);
 }
 
 int

@@ -111,13 +111,15 @@ reopen_image(struct io_state *s, unsigned flags)
     s->node = NULL;
     /* The format was probed (and warned about) when the image was opened. */
     vimg_set_warning_handler(NULL);
-    if (vimg_open(&s->node, s->filename, s->format, s->opts, flags, &err) == 0) {
+    if (vimg_open(&s->node, s->filename, s->format, s->opts, flags | VIMG_OPEN_REOPEN,
+                  &err) == 0) {
         s->flags = flags;
         tool_setup_warnings();
         return 0;
     }
     tool_error("%s", err.msg);
-    if (vimg_open(&s->node, s->filename, s->format, s->opts, s->flags, &err) < 0) {
+    if (vimg_open(&s->node, s->filename, s->format, s->opts, s->flags | VIMG_OPEN_REOPEN,
+                  &err) < 0) {
         tool_error("%s", err.msg);
         s->node = NULL;
     }

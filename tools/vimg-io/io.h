@@ -104,10 +104,10 @@ int io_cmd_wait_break(struct io_state *s, int argc, char **argv);
 /* cmd-file.c: opening, shared by main and the open command */
 bool io_parse_cache(const char *mode, unsigned *flags);
 bool io_parse_discard(const char *mode);
-bool io_parse_aio(const char *mode, bool *is_native);
+bool io_parse_aio(const char *mode, unsigned *flags);
 /* Opens and records the image; prints "can't open ..." and returns -1 on failure. */
 int io_open_image(struct io_state *s, const char *filename, const char *format,
-                  struct vimg_opts *opts, unsigned flags, bool is_native_aio);
+                  struct vimg_opts *opts, unsigned flags);
 void io_close_image(struct io_state *s);
 void io_warn_short_booleans(const char *str);
 

@@ -74,7 +74,6 @@ struct main_args {
     const char **cmds;
     int n_cmds;
     unsigned flags;
-    bool is_native;
     bool is_snapshot;
     bool is_image_opts;
 };
@@ -97,8 +96,8 @@ parse_option(int c, struct main_args *a, struct io_state *s)
     case 'n': a->flags = (a->flags & ~VIMG_OPEN_WRITETHROUGH) | VIMG_OPEN_NOCACHE; break;
     case 'C': case 'T': break;
     case 'm': s->is_misaligned = true; break;
-    case 'k': a->is_native = true; break;
-    case 'i': return io_parse_aio(optarg, &a->is_native) ? 0 : 2;
+    case 'k': a->flags |= VIMG_OPEN_AIO_NATIVE; break;
+    case 'i': return io_parse_aio(optarg, &a->flags) ? 0 : 2;
     case 't': return io_parse_cache(optarg, &a->flags) ? 0 : 2;
     case 'd': return io_parse_discard(optarg) ? 0 : 2;
     case 'U': a->flags |= VIMG_OPEN_FORCE_SHARE; break;
@@ -127,7 +126,7 @@ open_main_image(struct io_state *s, const struct main_args *a, const char *filen
         return -1;
     }
     if (!a->is_image_opts)
-        return io_open_image(s, filename, a->format, NULL, a->flags, a->is_native);
+        return io_open_image(s, filename, a->format, NULL, a->flags);
     if (a->format) {
         tool_error("--image-opts and -f are mutually exclusive");
         return -1;
@@ -139,7 +138,7 @@ open_main_image(struct io_state *s, const struct main_args *a, const char *filen
         vimg_opts_free(opts);
         return -1;
     }
-    return io_open_image(s, NULL, NULL, opts, a->flags, a->is_native);
+    return io_open_image(s, NULL, NULL, opts, a->flags);
 }
 
 static int
