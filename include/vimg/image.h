@@ -19,8 +19,6 @@ struct vimg_node;
 size_t vimg_driver_count(void);
 const char *vimg_driver_name(size_t index);
 bool vimg_format_exists(const char *name);
-/* Whether name is a protocol driver (file, nbd...): its options sit at the top level. */
-bool vimg_driver_is_protocol(const char *name);
 /* Whether images of format take compressed writes (`convert -c`); false if unknown. */
 bool vimg_format_can_compress(const char *name);
 

@@ -620,6 +620,13 @@ vimg_node_block_status_above(struct vimg_node *node, struct vimg_node *base, uin
             }
             return 0;
         }
+        /* Unallocated past the end of a shorter backing file: this layer reads zeros. */
+        if ((len = vimg_node_length(n->backing, err)) < 0)
+            return (int)len;
+        if (offset >= (uint64_t)len) {
+            bs->flags = (bs->flags | VIMG_BS_ZERO) & ~VIMG_BS_DATA;
+            return 0;
+        }
         bytes = bs->bytes;
         n = n->backing;
         depth++;

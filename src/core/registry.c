@@ -98,11 +98,3 @@ vimg_format_can_compress(const char *name)
 
     return drv && drv->pwrite_compressed;
 }
-
-bool
-vimg_driver_is_protocol(const char *name)
-{
-    const struct vimg_driver *drv = vimg_driver_find(name);
-
-    return drv && drv->kind == VIMG_DRIVER_PROTOCOL;
-}

@@ -162,6 +162,7 @@ parallels_md5_block(uint32_t h[4], const uint8_t *p)
     uint32_t a = h[0], b = h[1], c = h[2], d = h[3];
 
     for (int i = 0; i < 64; i++) {
+        unsigned r = parallels_md5_r[i / 16 * 4 + i % 4];
         uint32_t f, t;
         int g;
 
@@ -182,7 +183,7 @@ parallels_md5_block(uint32_t h[4], const uint8_t *p)
         d = c;
         c = b;
         f += a + parallels_md5_k[i] + parallels_le32(p + 4 * g);
-        b += f << parallels_md5_r[i / 16 * 4 + i % 4] | f >> (32 - parallels_md5_r[i / 16 * 4 + i % 4]);
+        b += f << r | f >> (32 - r);
         a = t;
     }
     h[0] += a;

@@ -153,13 +153,11 @@ nbd_parse_authority(const char *auth, size_t len, struct nbd_addr *a)
 
 /* nbd[+tcp|+unix]://...: anything QEMU would not accept is "No valid URL specified". */
 static int
-nbd_parse_uri(const char *uri, const char *rest, bool is_unix, struct nbd_addr *a,
-              struct vimg_error *err)
+nbd_parse_uri(const char *rest, bool is_unix, struct nbd_addr *a, struct vimg_error *err)
 {
     const char *auth = rest, *path, *query;
     size_t auth_len = strcspn(auth, "/?#");
 
-    (void)uri;
     path = auth + auth_len;
     query = strchr(path, '?');
     if (strchr(path, '#'))
@@ -231,9 +229,9 @@ nbd_parse_filename(const char *name, struct nbd_addr *a, struct vimg_error *err)
     if (strncmp(name + scheme_len, "://", 3) != 0)
         return nbd_parse_legacy(name + 4, a, err);
     if (scheme_len == 3 || (scheme_len == 7 && strncmp(name, "nbd+tcp", 7) == 0))
-        return nbd_parse_uri(name, name + scheme_len + 3, false, a, err);
+        return nbd_parse_uri(name + scheme_len + 3, false, a, err);
     if (scheme_len == 8 && strncmp(name, "nbd+unix", 8) == 0)
-        return nbd_parse_uri(name, name + scheme_len + 3, true, a, err);
+        return nbd_parse_uri(name + scheme_len + 3, true, a, err);
     return vimg_error_set(err, EINVAL, "Unknown protocol '%.*s'", (int)scheme_len, name);
 }
 
@@ -369,7 +367,9 @@ nbd_go(struct nbd_handle *h, const struct nbd_addr *a, struct vimg_error *err)
     fd = a->is_unix ? nbd_connect_unix_fd(a, err) : nbd_connect_inet_fd(a, err);
     if (fd < 0)
         return fd;
+    /* Buffers are filled by the server; libnbd need not clear them first. */
     if (nbd_set_export_name(h, a->export_name) < 0 || nbd_set_opt_mode(h, true) < 0 ||
+        nbd_set_pread_initialize(h, false) < 0 ||
         nbd_add_meta_context(h, NBD_CONTEXT_ALLOC) < 0 ||
         nbd_set_debug_callback(h, cb) < 0 || nbd_set_debug(h, true) < 0 ||
         nbd_connect_socket(h, fd) < 0) {
@@ -491,7 +491,10 @@ nbd_open_flags(struct vimg_node *node, struct nbd_handle *h, unsigned flags,
     return 0;
 }
 
-/* The name qemu-img prints for the node: nbd://HOST:PORT[/EXPORT] or nbd+unix://[/EXPORT]?socket=PATH. */
+/*
+ * The name qemu-img prints for the node: nbd://HOST:PORT[/EXPORT] or
+ * nbd+unix://[/EXPORT]?socket=PATH.
+ */
 static int
 nbd_set_filename(struct vimg_node *node, const struct nbd_addr *a, struct vimg_error *err)
 {
@@ -513,8 +516,7 @@ nbd_set_filename(struct vimg_node *node, const struct nbd_addr *a, struct vimg_e
 }
 
 static int
-nbd_read_opts(struct vimg_node *node, struct vimg_opts *opts, struct nbd_addr *a,
-              struct vimg_error *err)
+nbd_read_opts(struct vimg_opts *opts, struct nbd_addr *a, struct vimg_error *err)
 {
     const char *filename = vimg_opts_get(opts, "filename");
     const char *tls = vimg_opts_get(opts, "tls-creds");
@@ -522,7 +524,6 @@ nbd_read_opts(struct vimg_node *node, struct vimg_opts *opts, struct nbd_addr *a
     uint64_t n;
     int ret;
 
-    (void)node;
     if ((ret = vimg_opts_get_number(opts, "reconnect-delay", 0, &n, err)) < 0 ||
         (ret = vimg_opts_get_number(opts, "open-timeout", 0, &n, err)) < 0)
         return ret;
@@ -555,7 +556,7 @@ nbd_client_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
 
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
-    if ((ret = nbd_read_opts(node, opts, &s->addr, err)) < 0)
+    if ((ret = nbd_read_opts(opts, &s->addr, err)) < 0)
         goto fail;
     if ((ret = nbd_set_filename(node, &s->addr, err)) < 0)
         goto fail;

@@ -89,7 +89,8 @@ open("src.raw", "wb").write(b)
 PY
 for args in "-B 512" "-B 4096" "-B 65536" "-B 131072 -L 0" "-B 262144 -L 1" "-B 16384 -L -1"; do
     img="b${args// /}.cloop"
-    create_compressed_fs -q $args src.raw "$img" >/dev/null 2>&1 || fail "create_compressed_fs $args"
+    create_compressed_fs -q $args src.raw "$img" >/dev/null 2>&1 ||
+        fail "create_compressed_fs $args"
     check_info --output=json "$img"
     same_read "$img"
     head -c "$(stat -c %s src.raw)" "$img.v.raw" | cmp - src.raw || fail "$img: differs from source"

@@ -72,7 +72,8 @@ for t_i, start in enumerate(range(0, len(data), 4 * CH)):
         elif ty == 'raw': payload, code = blk, 1
         elif ty == 'zero': payload, code = b'', 0
         else: payload, code = b'', 2
-        ents.append(struct.pack('>IIQQQQ', code, 0, off // 512, len(blk) // 512, len(body), len(payload)))
+        ents.append(struct.pack('>IIQQQQ', code, 0, off // 512, len(blk) // 512, len(body),
+                                len(payload)))
         body += payload
     ents.append(struct.pack('>IIQQQQ', 0x7ffffffe, 0, len(part) // 512, 0, len(body), 0))
     ents.append(struct.pack('>IIQQQQ', 0xffffffff, 0, len(part) // 512, 0, 0, 0))
@@ -83,11 +84,13 @@ koly = bytearray(512); koly[0:4] = b'koly'
 struct.pack_into('>III', koly, 4, 4, 512, 1)
 struct.pack_into('>QQ', koly, 24, 0, len(body))
 if mode == 'xml':
-    x = ['<?xml version="1.0" encoding="UTF-8"?>\n<plist version="1.0">\n<dict>\n<key>resource-fork</key>\n<dict>\n<key>blkx</key>\n<array>\n']
+    x = ['<?xml version="1.0" encoding="UTF-8"?>\n<plist version="1.0">\n<dict>\n'
+         '<key>resource-fork</key>\n<dict>\n<key>blkx</key>\n<array>\n']
     for i, t in enumerate(tables):
         b64 = base64.b64encode(t).decode()
         lines = '\n'.join('\t\t\t' + b64[j:j + 52] for j in range(0, len(b64), 52))
-        x.append('<dict>\n<key>Name</key>\n<string>part %d</string>\n<key>Data</key>\n<data>\n%s\n</data>\n</dict>\n' % (i, lines))
+        x.append('<dict>\n<key>Name</key>\n<string>part %d</string>\n'
+                 '<key>Data</key>\n<data>\n%s\n</data>\n</dict>\n' % (i, lines))
     x.append('</array>\n</dict>\n</dict>\n</plist>\n')
     xml = ''.join(x).encode()
     struct.pack_into('>QQ', koly, 216, len(body), len(xml))
@@ -95,7 +98,8 @@ if mode == 'xml':
 else:
     res = b''.join(struct.pack('>I', len(t)) + t for t in tables)
     rmap = bytes(30)
-    fork = struct.pack('>IIII', 256, 256 + len(res), len(res), len(rmap)).ljust(256, b'\0') + res + rmap
+    fork = struct.pack('>IIII', 256, 256 + len(res), len(res), len(rmap)).ljust(256, b'\0')
+    fork += res + rmap
     struct.pack_into('>QQ', koly, 40, len(body), len(fork))
     tail = fork
 struct.pack_into('>Q', koly, 492, n_sect)
@@ -129,13 +133,15 @@ src, dst, expr = sys.argv[1:4]
 d = bytearray(open(src, "rb").read()); k = bytearray(d[-512:])
 xo, xl = struct.unpack(">QQ", k[216:232])
 x = bytes(d[xo:xo + xl])
-tabs = [bytearray(base64.b64decode(m.group(1))) for m in re.finditer(rb"<data>(.*?)</data>", x, re.S)]
+tabs = [bytearray(base64.b64decode(m.group(1)))
+        for m in re.finditer(rb"<data>(.*?)</data>", x, re.S)]
 def ent(t, i): return list(struct.unpack(">IIQQQQ", t[204 + 40 * i:244 + 40 * i]))
 def setent(t, i, e): t[204 + 40 * i:244 + 40 * i] = struct.pack(">IIQQQQ", *e)
 def field(t, i, col, v): e = ent(t, i); e[col] = v; setent(t, i, e)
 exec(expr)
 it = iter(tabs)
-x = re.sub(rb"<data>(.*?)</data>", lambda m: b"<data>" + base64.b64encode(next(it)) + b"</data>", x, flags=re.S)
+x = re.sub(rb"<data>(.*?)</data>",
+           lambda m: b"<data>" + base64.b64encode(next(it)) + b"</data>", x, flags=re.S)
 k[224:232] = struct.pack(">Q", len(x))
 a = sys.argv[4:]
 for i in range(0, len(a), 3):

@@ -49,5 +49,7 @@ check --output=xml sparse.raw
 check --output
 check -f foo sparse.raw
 check nonexistent.raw
+check -f qcow2 sparse.raw
+check --object bogus sparse.raw
 check --image-opts -f raw driver=raw,file.filename=sparse.raw
 pass

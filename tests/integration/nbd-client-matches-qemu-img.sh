@@ -73,6 +73,20 @@ done
     >out 2>&1 && fail "tls-creds accepted"
 grep -q "tls-creds=t: TLS is not supported" out || { cat out >&2; fail "no TLS message"; }
 
+# vimg-nbd -L lists exports as qemu-nbd -L does: without block sizes, with several
+# exports and descriptions, and when nobody listens.
+if [ -x "$VIMG_NBD" ]; then
+    nbdkit -U "$TESTDIR/multi.sock" -P "$TESTDIR/multi.pid" --filter=exportname memory 1M \
+        exportname=a exportname=b exportdesc=fixed:hello
+    on_exit 'kill $(cat "$TESTDIR/multi.pid")'
+    wait_sock multi.sock
+    for sock in mem multi raw none; do
+        qemu-nbd -L -k "$TESTDIR/$sock.sock" 2>&1 | sed 's/^qemu-nbd:/TOOL:/' >l.q
+        "$VIMG_NBD" -L -k "$TESTDIR/$sock.sock" 2>&1 | sed 's/^vimg-nbd:/TOOL:/' >l.v
+        expect_same l.q l.v "-L of $sock"
+    done
+fi
+
 # map: holes and data as qemu-img sees them.
 same map --output=json "$RAW"
 same map --output=json "$QC"

@@ -35,6 +35,7 @@ same -k "$S" -o abc img.raw
 same -k "$S" -o 2M img.raw
 same -k "$S" --cache=foo img.raw
 same -k "$S" --aio=foo img.raw
+same -k "$S" --aio=native -f raw img.raw
 same -k "$S" --discard=foo img.raw
 same -k "$S" --detect-zeroes=unmap img.raw
 same -k "$S" --detect-zeroes=foo img.raw

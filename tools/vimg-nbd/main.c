@@ -246,8 +246,12 @@ parse_value_option(int c, const char *arg, struct nbd_tool_opts *o)
         o->exp.handshake_limit = (unsigned)n;
         return 0;
     case OPT_AIO:
-        if (strcmp(arg, "native") != 0 && strcmp(arg, "io_uring") != 0 &&
-            strcmp(arg, "threads") != 0) {
+        o->open_flags &= ~(VIMG_OPEN_AIO_NATIVE | VIMG_OPEN_AIO_IO_URING);
+        if (strcmp(arg, "native") == 0) {
+            o->open_flags |= VIMG_OPEN_AIO_NATIVE;
+        } else if (strcmp(arg, "io_uring") == 0) {
+            o->open_flags |= VIMG_OPEN_AIO_IO_URING;
+        } else if (strcmp(arg, "threads") != 0) {
             tool_error("Invalid aio mode '%s'", arg);
             return 1;
         }

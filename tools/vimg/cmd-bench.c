@@ -35,7 +35,6 @@ enum { OPT_IMAGE_OPTS = 256, OPT_PATTERN, OPT_FLUSH_INTERVAL, OPT_NO_DRAIN };
 struct bench_args {
     const char *fmt;
     const char *filename;
-    const char *aio;            /* the protocol's aio option, NULL for its default */
     bool is_image_opts;
     bool is_write;
     bool is_no_drain;
@@ -224,47 +223,11 @@ parse_bench_args(int argc, char **argv, struct bench_args *a)
         a->flags |= VIMG_OPEN_RDWR;
     if (!a->step)
         a->step = a->bufsize;
-    a->aio = a->is_io_uring ? "io_uring" : a->is_native_aio ? "native" : NULL;
+    if (a->is_io_uring)
+        a->flags |= VIMG_OPEN_AIO_IO_URING;
+    else if (a->is_native_aio)
+        a->flags |= VIMG_OPEN_AIO_NATIVE;
     return 0;
-}
-
-/*
- * Opens the image as img_open does, with the aio mode as a default option
- * of its protocol node: the top node itself when that is a protocol.
- */
-static struct vimg_node *
-open_image(const struct bench_args *a)
-{
-    struct vimg_error err = { 0 };
-    struct vimg_node *node = NULL;
-    struct vimg_opts *opts;
-    const char *driver = a->fmt;
-    int ret = 0;
-
-    if (!a->aio)
-        return img_open(a->is_image_opts, a->filename, a->fmt, a->flags, false);
-    if (a->is_image_opts && a->fmt) {
-        tool_error("--image-opts and --format are mutually exclusive");
-        return NULL;
-    }
-    if (!(opts = vimg_opts_new()))
-        return NULL;
-    if (a->is_image_opts) {
-        ret = vimg_opts_parse(opts, a->filename, NULL, &err);
-        driver = vimg_opts_peek(opts, "driver");
-    }
-    if (ret == 0)
-        ret = vimg_opts_set_default(opts, driver && vimg_driver_is_protocol(driver) ? "aio"
-                                    : "file.aio", a->aio, &err);
-    if (ret == 0)
-        ret = vimg_open(&node, a->is_image_opts ? NULL : a->filename, a->fmt, opts, a->flags,
-                        &err);
-    vimg_opts_free(opts);
-    if (ret < 0) {
-        tool_error_err(&err, "Could not open '%s': ", a->filename);
-        return NULL;
-    }
-    return node;
 }
 
 /* Offset of request index: the first at -o, then stepping and wrapping at the image end. */
@@ -461,7 +424,7 @@ run_bench(const struct bench_args *a)
     int64_t len;
     int ret = 1;
 
-    if (!(s.node = open_image(a)))
+    if (!(s.node = img_open(a->is_image_opts, a->filename, a->fmt, a->flags, false)))
         return 1;
     if ((len = vimg_node_length(s.node, &err)) < 0) {
         tool_error("%s", err.msg);

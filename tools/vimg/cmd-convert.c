@@ -4,9 +4,9 @@
  *
  * A planner walks the sources by block status (through the backing chain, or
  * the top layer only when the target has a backing file) and cuts them into
- * chunks: data of at most 2 MiB, zero runs and backing runs. A pool of -m
- * workers reads the data chunks in parallel and writes them in order (any
- * order with -W). Zero runs inside data become holes when they are at least
+ * chunks: data of at most 2 MiB, zero runs and backing runs. A pool of
+ * workers (-m, at most twice the CPUs) reads the data chunks in parallel and
+ * writes them in order (any order with -W). Zero runs inside data become holes when they are at least
  * -S bytes long; zero areas are not written at all when the target reads as
  * zeros already (a new image with zero-init, or --target-is-zero), and are
  * written with zero writes that may unmap otherwise. -C copies data through

@@ -181,13 +181,13 @@ next_option(const char *p, char *key, size_t key_size, char *value, size_t value
         p++;
     }
     key[n] = '\0';
-    n = 0;
     if (*p != '=' && strncmp(key, "no", 2) == 0) {
-        memmove(key, key + 2, strlen(key + 2) + 1);
+        memmove(key, key + 2, n - 1);   /* n - 2 characters and the NUL */
         snprintf(value, value_size, "off");
     } else if (*p != '=') {
         snprintf(value, value_size, "on");
     } else {
+        n = 0;
         for (p++; *p && (*p != ',' || p[1] == ','); p++) {
             if (*p == ',')
                 p++;
