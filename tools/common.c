@@ -40,10 +40,17 @@ tool_error_err(const struct vimg_error *err, const char *prefix_fmt, ...)
     fprintf(stderr, "%s\n", err->msg);
 }
 
+/*
+ * QEMU prints its raw-probing "WARNING: ..." block as it is, and every other
+ * library warning through error_report(), behind the program name.
+ */
 static void
 print_warning(const char *msg)
 {
-    fprintf(stderr, "%s\n", msg);
+    if (strncmp(msg, "WARNING: ", 9) == 0)
+        fprintf(stderr, "%s\n", msg);
+    else
+        fprintf(stderr, "%s: %s\n", tool_name, msg);
 }
 
 void
@@ -78,43 +85,6 @@ tool_size_to_str(uint64_t size, char *buf, size_t buf_size)
     if (i > 6)
         i = 6;
     snprintf(buf, buf_size, "%0.3g %sB", (double)size / (double)(1ULL << (i * 10)), suffixes[i]);
-}
-
-void
-tool_progress_init(struct tool_progress *p, bool is_enabled)
-{
-    p->is_enabled = is_enabled;
-    p->last_printed = -1;
-    if (is_enabled)
-        tool_progress_update(p, 0, 1);
-}
-
-void
-tool_progress_update(struct tool_progress *p, uint64_t done, uint64_t total)
-{
-    float pct = total ? (float)((double)done * 100.0 / (double)total) : 100.0f;
-
-    if (!p->is_enabled)
-        return;
-    /* qemu-img prints when the figure moved by at least 1%, and always at 100%. */
-    if (p->last_printed >= 0 && pct - p->last_printed < 1.0f && pct < 100.0f)
-        return;
-    if (p->last_printed >= 100.0f && pct >= 100.0f)
-        return;
-    p->last_printed = pct;
-    printf("    (%3.2f/100%%)\r", pct);
-    fflush(stdout);
-}
-
-void
-tool_progress_end(struct tool_progress *p)
-{
-    if (!p->is_enabled)
-        return;
-    p->last_printed = -1;
-    tool_progress_update(p, 1, 1);
-    printf("\n");
-    fflush(stdout);
 }
 
 int64_t

@@ -27,15 +27,6 @@ char *tool_json_dumps(const json_t *value, bool is_pretty);
 /* "1 GiB", "44.7 MiB", "0.977 MiB" as QEMU's size_to_str prints them. */
 void tool_size_to_str(uint64_t size, char *buf, size_t buf_size);
 
-/* The "    (NN.NN/100%)\r" progress lines of qemu-img -p. */
-struct tool_progress {
-    bool is_enabled;
-    float last_printed;
-};
-void tool_progress_init(struct tool_progress *p, bool is_enabled);
-void tool_progress_update(struct tool_progress *p, uint64_t done, uint64_t total);
-void tool_progress_end(struct tool_progress *p);
-
 /* Size argument parsing with qemu-img's cvtnum messages; -1 after printing one. */
 int64_t tool_cvtnum(const char *name, const char *value);
 

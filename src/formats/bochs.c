@@ -325,6 +325,7 @@ bochs_preadv(struct vimg_node *node, uint64_t offset, uint64_t bytes, const stru
 const struct vimg_driver vimg_bochs_driver = {
     .name = "bochs",
     .kind = VIMG_DRIVER_FORMAT,
+    .lacks_get_info = true,
     .state_size = sizeof(struct bochs_state),
     .probe = bochs_probe,
     .open = bochs_open,

@@ -314,6 +314,7 @@ cloop_preadv(struct vimg_node *node, uint64_t offset, uint64_t bytes, const stru
 const struct vimg_driver vimg_cloop_driver = {
     .name = "cloop",
     .kind = VIMG_DRIVER_FORMAT,
+    .lacks_get_info = true,
     .state_size = sizeof(struct cloop_state),
     .probe = cloop_probe,
     .open = cloop_open,

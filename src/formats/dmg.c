@@ -683,6 +683,7 @@ dmg_preadv(struct vimg_node *node, uint64_t offset, uint64_t bytes, const struct
 const struct vimg_driver vimg_dmg_driver = {
     .name = "dmg",
     .kind = VIMG_DRIVER_FORMAT,
+    .lacks_get_info = true,
     .state_size = sizeof(struct dmg_state),
     .probe = dmg_probe,
     .open = dmg_open,

@@ -567,6 +567,7 @@ parallels_block_status(struct vimg_node *node, uint64_t offset, uint64_t bytes,
 const struct vimg_driver vimg_parallels_driver = {
     .name = "parallels",
     .kind = VIMG_DRIVER_FORMAT,
+    .lacks_get_info = true,
     .state_size = sizeof(struct parallels_state),
     .probe = parallels_probe,
     .open = parallels_open,

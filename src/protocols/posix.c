@@ -222,7 +222,7 @@ vimg_posix_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
         s->uring = uring_new();
     s->use_ofd = vimg_lock_ofd_available(s->fd);
     if (s->lock_mode == VIMG_LOCK_ON && !s->use_ofd)
-        vimg_warn("File lock requested but OFD locking syscall is unavailable, falling back "
+        vimg_warn("warning: File lock requested but OFD locking syscall is unavailable, falling back "
                   "to POSIX file locks.\nDue to the implementation, locks can be lost "
                   "unexpectedly.");
     return 0;
