@@ -18,10 +18,13 @@
 #ifdef VIMG_HAVE_LIBURING
 #include <liburing.h>
 
-#define URING_RINGS   8
+#define URING_RINGS   64
 #define URING_ENTRIES 4
 
-/* A small pool of rings: a blocking request borrows one for its lifetime. */
+/*
+ * A pool of rings, created as requests in flight need them: a blocking
+ * request borrows one for its lifetime, so up to URING_RINGS run at once.
+ */
 struct posix_uring {
     pthread_mutex_t lock;           /* protects is_busy */
     pthread_cond_t cond;
@@ -37,13 +40,12 @@ uring_new(void)
 
     if (!u)
         return NULL;
-    for (; u->n_rings < URING_RINGS; u->n_rings++)
-        if (io_uring_queue_init(URING_ENTRIES, &u->rings[u->n_rings], 0) < 0)
-            break;
-    if (u->n_rings == 0) {
+    /* The first ring tells whether the kernel lets us have io_uring at all. */
+    if (io_uring_queue_init(URING_ENTRIES, &u->rings[0], 0) < 0) {
         free(u);
         return NULL;
     }
+    u->n_rings = 1;
     pthread_mutex_init(&u->lock, NULL);
     pthread_cond_init(&u->cond, NULL);
     return u;
@@ -74,6 +76,11 @@ uring_acquire(struct posix_uring *u)
                 index = i;
                 break;
             }
+        }
+        if (index < 0 && u->n_rings < URING_RINGS &&
+            io_uring_queue_init(URING_ENTRIES, &u->rings[u->n_rings], 0) == 0) {
+            index = u->n_rings++;
+            u->is_busy[index] = true;
         }
         if (index < 0)
             pthread_cond_wait(&u->cond, &u->lock);
