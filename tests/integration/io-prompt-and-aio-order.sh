@@ -23,7 +23,7 @@ both_stdin() {  # INPUT ARGS...
     cmp q.img v.img || fail "images differ after stdin script $n"
 }
 both_stdin 'read -q 0 1\nread 2M 1\n\n  read   -q  0   1  \nbogus\nquit\nread 0 1\n' -f raw IMG
-both_stdin 'write -P 5 0 512\naio_write -P 7 0 1\nlength\nread -P 5 0 512\n' -f raw IMG
+both_stdin 'write -P 5 0 512\naio_write -P 7 0 1\naio_flush\nlength\nread -P 5 0 512\n' -f raw IMG
 both_stdin 'aio_write -P 7 0 1\naio_flush\naio_read -P 7 0 1\nclose\nopen -o driver=raw IMG\n' \
     -f raw IMG
 both_stdin 'aio_read -v 0 16\nreopen -r\naio_write 0 1\n' -f raw IMG
