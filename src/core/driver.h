@@ -107,14 +107,6 @@ struct vimg_driver {
                          uint64_t dst_offset, uint64_t bytes, struct vimg_error *err);
     /* The file descriptor behind a protocol node, for copy_range; -1 if none. */
     int (*get_fd)(struct vimg_node *node);
-    /* Records backing_file and backing_fmt (NULL: none) in the image's metadata. */
-    int (*change_backing_file)(struct vimg_node *node, const char *backing_file,
-                               const char *backing_fmt, struct vimg_error *err);
-    /* Drops every cluster of the image's own layer, so reads fall through to the backing. */
-    int (*make_empty)(struct vimg_node *node, struct vimg_error *err);
-    /* Applies one action to the image's persistent dirty bitmaps. */
-    int (*bitmap)(struct vimg_node *node, const struct vimg_bitmap_op *op,
-                  struct vimg_error *err);
 };
 
 struct vimg_node {

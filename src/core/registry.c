@@ -16,7 +16,6 @@ extern const struct vimg_driver vimg_nbd_driver;
 extern const struct vimg_driver vimg_parallels_driver;
 extern const struct vimg_driver vimg_qcow2_driver;
 extern const struct vimg_driver vimg_raw_driver;
-extern const struct vimg_driver vimg_vpc_driver;
 
 static const struct vimg_driver *const drivers[] = {
     &vimg_blkdebug_driver,
@@ -31,7 +30,6 @@ static const struct vimg_driver *const drivers[] = {
     &vimg_parallels_driver,
     &vimg_qcow2_driver,
     &vimg_raw_driver,
-    &vimg_vpc_driver,
 };
 
 #define N_DRIVERS (sizeof(drivers) / sizeof(drivers[0]))

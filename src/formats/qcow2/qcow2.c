@@ -144,8 +144,6 @@ qcow2_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
         ret = vimg_error_set(err, EINVAL, "data-file-raw cannot be used with a backing file");
         goto fail;
     }
-    s->has_valid_bitmaps = s->has_bitmaps_ext &&
-                           (s->hdr.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS);
     if ((flags & VIMG_OPEN_RDWR) && (ret = qcow2_clear_autoclear(node, err)) < 0)
         goto fail;
     return 0;
@@ -462,8 +460,4 @@ const struct vimg_driver vimg_qcow2_driver = {
     .truncate = qcow2_truncate,
     .info = qcow2_info,
     .check = qcow2_check,
-    .change_backing_file = qcow2_change_backing_file,
-    .make_empty = qcow2_make_empty,
-    .bitmap = qcow2_bitmap,
-    .measure = qcow2_measure,
 };

@@ -165,7 +165,6 @@ struct qcow2_state {
     uint64_t crypto_offset, crypto_length;
     uint64_t bitmaps_dir_offset, bitmaps_dir_size;
     uint32_t nb_bitmaps;
-    bool has_valid_bitmaps;         /* autoclear bit 0 was set at open */
 
     /* lock protects everything below it and the metadata on disk. */
     pthread_mutex_t lock;
@@ -293,24 +292,6 @@ int qcow2_decompress(uint8_t type, const uint8_t *in, size_t in_len, uint8_t *ou
 /* qcow2-create.c */
 extern const struct vimg_opt_desc qcow2_create_opts[];
 int qcow2_create(const char *filename, struct vimg_opts *opts, struct vimg_error *err);
-
-/* qcow2-measure.c */
-int qcow2_measure(struct vimg_opts *opts, struct vimg_node *in, uint64_t size,
-                  struct vimg_measure *out, struct vimg_error *err);
-/* Refcount blocks plus refcount table clusters needed to count n_clusters clusters. */
-uint64_t qcow2_refcount_metadata_clusters(uint64_t n_clusters, uint64_t cluster_size,
-                                          uint64_t refcount_bits);
-
-/* qcow2-backing.c */
-/* Rewrites the header cluster from the state and node->backing_filename; lock held. */
-int qcow2_write_header(struct vimg_node *node, struct vimg_error *err);
-int qcow2_change_backing_file(struct vimg_node *node, const char *backing_file,
-                              const char *backing_fmt, struct vimg_error *err);
-int qcow2_make_empty(struct vimg_node *node, struct vimg_error *err);
-
-/* qcow2-bitmap.c */
-int qcow2_bitmap(struct vimg_node *node, const struct vimg_bitmap_op *op,
-                 struct vimg_error *err);
 
 /* qcow2-check.c */
 int qcow2_check(struct vimg_node *node, int fix, struct vimg_check_result *result,
