@@ -78,6 +78,9 @@ struct vimg_driver {
 
     int (*preadv)(struct vimg_node *node, uint64_t offset, uint64_t bytes,
                   const struct iovec *iov, int n_iov, unsigned flags, struct vimg_error *err);
+    /* Instead of preadv, for drivers that read into one buffer; the core gathers. */
+    int (*pread)(struct vimg_node *node, uint64_t offset, uint8_t *buf, uint64_t bytes,
+                 struct vimg_error *err);
     int (*pwritev)(struct vimg_node *node, uint64_t offset, uint64_t bytes,
                    const struct iovec *iov, int n_iov, unsigned flags, struct vimg_error *err);
     int (*pwrite_zeroes)(struct vimg_node *node, uint64_t offset, uint64_t bytes,
@@ -141,6 +144,9 @@ int vimg_open_child(struct vimg_node **out, struct vimg_node *parent, const char
                     const char *filename, const char *format, struct vimg_opts *opts,
                     unsigned flags, struct vimg_error *err);
 const struct vimg_driver *vimg_driver_find(const char *name);
+/* Reads [offset, +bytes) of child; what lies past its end reads as zeros. */
+int vimg_node_pread_padded(struct vimg_node *child, uint64_t offset, void *buf, uint64_t bytes,
+                           struct vimg_error *err);
 const struct vimg_driver *vimg_driver_at(size_t index);
 const struct vimg_driver *vimg_protocol_for(const char *filename);
 /* The protocol for a filename without "driver": URI prefix, device, else "file". */

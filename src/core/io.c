@@ -148,6 +148,43 @@ bounce_alloc(struct vimg_node *node, uint64_t bytes)
     return p;
 }
 
+/* A read through the driver's preadv, or through its pread and a gathering buffer. */
+static int
+driver_preadv(struct vimg_node *node, uint64_t offset, uint64_t bytes, const struct iovec *iov,
+              int n_iov, unsigned flags, struct vimg_error *err)
+{
+    uint8_t *buf;
+    int ret;
+
+    if (node->drv->preadv)
+        return node->drv->preadv(node, offset, bytes, iov, n_iov, flags, err);
+    if (n_iov == 1)
+        return node->drv->pread(node, offset, iov[0].iov_base, bytes, err);
+    if (!(buf = malloc(bytes ? bytes : 1)))
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    ret = node->drv->pread(node, offset, buf, bytes, err);
+    if (ret == 0)
+        buf_to_iov(buf, bytes, iov, n_iov, 0);
+    free(buf);
+    return ret;
+}
+
+int
+vimg_node_pread_padded(struct vimg_node *child, uint64_t offset, void *buf, uint64_t bytes,
+                       struct vimg_error *err)
+{
+    int64_t len = vimg_node_length(child, err);
+    uint64_t avail;
+
+    if (len < 0)
+        return (int)len;
+    avail = offset >= (uint64_t)len ? 0 : (uint64_t)len - offset;
+    if (avail > bytes)
+        avail = bytes;
+    memset((uint8_t *)buf + avail, 0, bytes - avail);
+    return avail ? vimg_node_pread(child, offset, buf, avail, 0, err) : 0;
+}
+
 /* Calls the driver in chunks of at most max_transfer bytes. */
 static int
 driver_rw_split(struct vimg_node *node, bool is_write, uint64_t offset, uint64_t bytes,
@@ -158,7 +195,7 @@ driver_rw_split(struct vimg_node *node, bool is_write, uint64_t offset, uint64_t
 
     if (bytes <= max)
         return is_write ? node->drv->pwritev(node, offset, bytes, iov, n_iov, flags, err)
-                        : node->drv->preadv(node, offset, bytes, iov, n_iov, flags, err);
+                        : driver_preadv(node, offset, bytes, iov, n_iov, flags, err);
     while (done < bytes) {
         uint64_t len = bytes - done < max ? bytes - done : max;
         struct iovec *sub;
@@ -167,7 +204,7 @@ driver_rw_split(struct vimg_node *node, bool is_write, uint64_t offset, uint64_t
         if (iov_slice(iov, n_iov, done, len, &sub, &n_sub) < 0)
             return vimg_error_set(err, ENOMEM, "Out of memory");
         ret = is_write ? node->drv->pwritev(node, offset + done, len, sub, n_sub, flags, err)
-                       : node->drv->preadv(node, offset + done, len, sub, n_sub, flags, err);
+                       : driver_preadv(node, offset + done, len, sub, n_sub, flags, err);
         free(sub);
         if (ret < 0)
             return ret;
@@ -303,7 +340,7 @@ vimg_node_preadv(struct vimg_node *node, uint64_t offset, uint64_t bytes,
         return ret;
     if (bytes == 0)
         return 0;
-    if (!node->drv->preadv)
+    if (!node->drv->preadv && !node->drv->pread)
         return unsupported(node, "read", err);
     if (node->backing && node->drv->block_status)
         return read_through_backing(node, offset, bytes, iov, n_iov, flags, err);

@@ -106,23 +106,6 @@ bochs_probe(const uint8_t *buf, size_t len, const char *filename)
     return bochs_header_matches(buf) ? 100 : 0;
 }
 
-/* Reads [offset, +len) of the file; bytes past its end read as zeros. */
-static int
-bochs_read_file(struct vimg_node *node, uint64_t offset, void *buf, uint64_t len,
-                struct vimg_error *err)
-{
-    int64_t file_len = vimg_node_length(node->file, err);
-    uint64_t avail;
-
-    if (file_len < 0)
-        return (int)file_len;
-    avail = offset >= (uint64_t)file_len ? 0 : (uint64_t)file_len - offset;
-    if (avail > len)
-        avail = len;
-    memset((uint8_t *)buf + avail, 0, len - avail);
-    return avail ? vimg_node_pread(node->file, offset, buf, avail, 0, err) : 0;
-}
-
 static void
 bochs_decode_header(const uint8_t *buf, struct bochs_header *h)
 {
@@ -169,7 +152,7 @@ bochs_load_catalog(struct vimg_node *node, const struct bochs_header *h, struct 
         free(raw);
         return vimg_error_set(err, ENOMEM, "Out of memory");
     }
-    ret = bochs_read_file(node, h->header_size, raw, (uint64_t)h->catalog * 4, err);
+    ret = vimg_node_pread_padded(node->file, h->header_size, raw, (uint64_t)h->catalog * 4, err);
     for (uint32_t i = 0; ret == 0 && i < h->catalog; i++)
         s->catalog[i] = bochs_le32(raw + (size_t)i * 4);
     free(raw);
@@ -188,7 +171,7 @@ bochs_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
     (void)opts;
     if (flags & VIMG_OPEN_RDWR)
         return vimg_error_set(err, EACCES, "Image is read-only");
-    if ((ret = bochs_read_file(node, 0, buf, sizeof(buf), err)) < 0)
+    if ((ret = vimg_node_pread_padded(node->file, 0, buf, sizeof(buf), err)) < 0)
         return ret;
     if (!bochs_header_matches(buf))
         return vimg_error_set(err, EINVAL, "Image not in Bochs format");
@@ -248,7 +231,7 @@ bochs_read_extent(struct vimg_node *node, uint64_t extent_offset, uint64_t offse
 
     if (!map)
         return vimg_error_set(err, ENOMEM, "Out of memory");
-    ret = bochs_read_file(node, extent_offset + first / 8, map, map_len, err);
+    ret = vimg_node_pread_padded(node->file, extent_offset + first / 8, map, map_len, err);
     while (ret == 0 && i < n) {
         uint64_t sector = first + i;
         bool is_set = map[sector / 8 - first / 8] & (1u << (sector % 8));
@@ -258,7 +241,7 @@ bochs_read_extent(struct vimg_node *node, uint64_t extent_offset, uint64_t offse
                !!(map[(sector + run) / 8 - first / 8] & (1u << ((sector + run) % 8))) == is_set)
             run++;
         if (is_set)
-            ret = bochs_read_file(node, extent_offset + s->bitmap_bytes +
+            ret = vimg_node_pread_padded(node->file, extent_offset + s->bitmap_bytes +
                                   sector * BOCHS_SECTOR_SIZE, out + i * BOCHS_SECTOR_SIZE,
                                   run * BOCHS_SECTOR_SIZE, err);
         else
@@ -299,29 +282,6 @@ bochs_read(struct vimg_node *node, uint64_t offset, uint8_t *out, uint64_t bytes
     return 0;
 }
 
-static int
-bochs_preadv(struct vimg_node *node, uint64_t offset, uint64_t bytes, const struct iovec *iov,
-             int n_iov, unsigned flags, struct vimg_error *err)
-{
-    uint8_t *buf;
-    uint64_t done = 0;
-    int ret;
-
-    (void)flags;
-    if (n_iov == 1)
-        return bochs_read(node, offset, iov[0].iov_base, bytes, err);
-    if (!(buf = malloc(bytes ? bytes : 1)))
-        return vimg_error_set(err, ENOMEM, "Out of memory");
-    ret = bochs_read(node, offset, buf, bytes, err);
-    for (int i = 0; ret == 0 && i < n_iov && done < bytes; i++) {
-        uint64_t n = iov[i].iov_len < bytes - done ? iov[i].iov_len : bytes - done;
-        memcpy(iov[i].iov_base, buf + done, n);
-        done += n;
-    }
-    free(buf);
-    return ret;
-}
-
 const struct vimg_driver vimg_bochs_driver = {
     .name = "bochs",
     .kind = VIMG_DRIVER_FORMAT,
@@ -330,6 +290,6 @@ const struct vimg_driver vimg_bochs_driver = {
     .probe = bochs_probe,
     .open = bochs_open,
     .close = bochs_close,
-    .preadv = bochs_preadv,
+    .pread = bochs_read,
     .length = bochs_length,
 };

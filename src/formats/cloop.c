@@ -73,23 +73,6 @@ cloop_probe(const uint8_t *buf, size_t len, const char *filename)
     return len >= n && memcmp(buf, CLOOP_MAGIC_V2, n) == 0 ? 2 : 0;
 }
 
-/* Reads [offset, +len) of the file; bytes past its end read as zeros. */
-static int
-cloop_read_file(struct vimg_node *node, uint64_t offset, void *buf, uint64_t len,
-                struct vimg_error *err)
-{
-    int64_t file_len = vimg_node_length(node->file, err);
-    uint64_t avail;
-
-    if (file_len < 0)
-        return (int)file_len;
-    avail = offset >= (uint64_t)file_len ? 0 : (uint64_t)file_len - offset;
-    if (avail > len)
-        avail = len;
-    memset((uint8_t *)buf + avail, 0, len - avail);
-    return avail ? vimg_node_pread(node->file, offset, buf, avail, 0, err) : 0;
-}
-
 static int
 cloop_check_header(uint32_t block_size, uint32_t n_blocks, struct vimg_error *err)
 {
@@ -144,7 +127,7 @@ cloop_load_offsets(struct vimg_node *node, struct vimg_error *err)
         free(raw);
         return vimg_error_set(err, ENOMEM, "Out of memory");
     }
-    ret = cloop_read_file(node, CLOOP_OFF_OFFSETS, raw, n * 8, err);
+    ret = vimg_node_pread_padded(node->file, CLOOP_OFF_OFFSETS, raw, n * 8, err);
     for (uint64_t i = 0; ret == 0 && i < n; i++)
         s->offsets[i] = cloop_be64(raw + i * 8);
     s->n_stored = n;
@@ -198,7 +181,7 @@ cloop_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
     (void)opts;
     if (flags & VIMG_OPEN_RDWR)
         return vimg_error_set(err, EACCES, "Image is read-only");
-    if ((ret = cloop_read_file(node, 0, buf, sizeof(buf), err)) < 0)
+    if ((ret = vimg_node_pread_padded(node->file, 0, buf, sizeof(buf), err)) < 0)
         return ret;
     s->block_size = cloop_be32(buf + CLOOP_OFF_BLOCK_SIZE);
     s->n_blocks = cloop_be32(buf + CLOOP_OFF_N_BLOCKS);
@@ -245,7 +228,7 @@ cloop_load_block(struct vimg_node *node, uint32_t index, struct vimg_error *err)
     if (s->has_cached && s->cached_index == index)
         return 0;
     s->has_cached = false;
-    if ((ret = cloop_read_file(node, start, s->compressed, len, err)) < 0)
+    if ((ret = vimg_node_pread_padded(node->file, start, s->compressed, len, err)) < 0)
         return ret;
     memset(&zs, 0, sizeof(zs));
     if (inflateInit(&zs) != Z_OK)
@@ -288,29 +271,6 @@ cloop_read(struct vimg_node *node, uint64_t offset, uint8_t *out, uint64_t bytes
     return ret;
 }
 
-static int
-cloop_preadv(struct vimg_node *node, uint64_t offset, uint64_t bytes, const struct iovec *iov,
-             int n_iov, unsigned flags, struct vimg_error *err)
-{
-    uint8_t *buf;
-    uint64_t done = 0;
-    int ret;
-
-    (void)flags;
-    if (n_iov == 1)
-        return cloop_read(node, offset, iov[0].iov_base, bytes, err);
-    if (!(buf = malloc(bytes ? bytes : 1)))
-        return vimg_error_set(err, ENOMEM, "Out of memory");
-    ret = cloop_read(node, offset, buf, bytes, err);
-    for (int i = 0; ret == 0 && i < n_iov && done < bytes; i++) {
-        uint64_t n = iov[i].iov_len < bytes - done ? iov[i].iov_len : bytes - done;
-        memcpy(iov[i].iov_base, buf + done, n);
-        done += n;
-    }
-    free(buf);
-    return ret;
-}
-
 const struct vimg_driver vimg_cloop_driver = {
     .name = "cloop",
     .kind = VIMG_DRIVER_FORMAT,
@@ -319,6 +279,6 @@ const struct vimg_driver vimg_cloop_driver = {
     .probe = cloop_probe,
     .open = cloop_open,
     .close = cloop_close,
-    .preadv = cloop_preadv,
+    .pread = cloop_read,
     .length = cloop_length,
 };

@@ -124,23 +124,6 @@ dmg_probe(const uint8_t *buf, size_t len, const char *filename)
     return n > 4 && strcmp(filename + n - 4, ".dmg") == 0 ? 3 : 0;
 }
 
-/* Reads [offset, +len) of the file; bytes past its end read as zeros. */
-static int
-dmg_read_file(struct vimg_node *node, uint64_t offset, void *buf, uint64_t len,
-              struct vimg_error *err)
-{
-    int64_t file_len = vimg_node_length(node->file, err);
-    uint64_t avail;
-
-    if (file_len < 0)
-        return (int)file_len;
-    avail = offset >= (uint64_t)file_len ? 0 : (uint64_t)file_len - offset;
-    if (avail > len)
-        avail = len;
-    memset((uint8_t *)buf + avail, 0, len - avail);
-    return avail ? vimg_node_pread(node->file, offset, buf, avail, 0, err) : 0;
-}
-
 /* qemu-img's words for metadata it rejects without saying why. */
 static int
 dmg_invalid(struct vimg_node *node, struct vimg_error *err)
@@ -167,7 +150,7 @@ dmg_find_koly(struct vimg_node *node, uint64_t *out, struct vimg_error *err)
     if (rounded < DMG_TRAILER_SIZE)
         return vimg_error_set(err, EINVAL, "dmg file must be at least 512 bytes long");
     start = rounded >= sizeof(buf) ? rounded - sizeof(buf) : 0;
-    if ((ret = dmg_read_file(node, start, buf, len - start, err)) < 0)
+    if ((ret = vimg_node_pread_padded(node->file, start, buf, len - start, err)) < 0)
         return ret;
     if (len - start >= DMG_TRAILER_SIZE &&
         memcmp(buf + (len - start - DMG_TRAILER_SIZE), "koly", 4) == 0) {
@@ -403,7 +386,7 @@ dmg_load_tables(struct vimg_node *node, uint64_t offset, uint64_t len,
         return dmg_invalid(node, err);
     if (!(buf = malloc(len)))
         return vimg_error_set(err, ENOMEM, "Out of memory");
-    ret = dmg_read_file(node, offset, buf, len, err);
+    ret = vimg_node_pread_padded(node->file, offset, buf, len, err);
     if (ret == 0)
         ret = fn(node, buf, (size_t)len, err);
     free(buf);
@@ -427,7 +410,7 @@ dmg_read_trailer(struct vimg_node *node, struct vimg_error *err)
     int ret;
 
     if ((ret = dmg_find_koly(node, &s->koly_offset, err)) < 0 ||
-        (ret = dmg_read_file(node, s->koly_offset, koly, sizeof(koly), err)) < 0)
+        (ret = vimg_node_pread_padded(node->file, s->koly_offset, koly, sizeof(koly), err)) < 0)
         return ret;
     s->data_fork_offset = dmg_be64(koly + DMG_KOLY_OFF_DATA_FORK_OFFSET);
     rsrc_offset = dmg_be64(koly + DMG_KOLY_OFF_RSRC_FORK_OFFSET);
@@ -578,7 +561,7 @@ dmg_load_chunk(struct vimg_node *node, uint32_t index, struct vimg_error *err)
     if (c->type == DMG_TYPE_LZFSE)
         return vimg_error_set(err, ENOTSUP, "Chunk %" PRIu32 " is LZFSE-compressed (type 0x%"
                               PRIx32 "), which this build cannot read", index, c->type);
-    if ((ret = dmg_read_file(node, c->offset, s->compressed, c->length, err)) < 0)
+    if ((ret = vimg_node_pread_padded(node->file, c->offset, s->compressed, c->length, err)) < 0)
         return ret;
     ret = c->type == DMG_TYPE_ZLIB ? dmg_inflate_zlib(s->compressed, c->length, s->cached, out_len)
                                    : dmg_inflate_bzip2(s->compressed, c->length, s->cached,
@@ -610,7 +593,7 @@ dmg_read_chunk(struct vimg_node *node, uint32_t index, uint64_t skip, uint8_t *o
         if (__builtin_add_overflow(c->offset, skip, &pos))
             return vimg_error_set(err, EIO, "Chunk %" PRIu32 " lies past the end of the file",
                                   index);
-        return dmg_read_file(node, pos, out, len, err);
+        return vimg_node_pread_padded(node->file, pos, out, len, err);
     case DMG_TYPE_ZLIB:
     case DMG_TYPE_BZIP2:
     case DMG_TYPE_LZFSE:
@@ -657,29 +640,6 @@ dmg_read(struct vimg_node *node, uint64_t offset, uint8_t *out, uint64_t bytes,
     return ret;
 }
 
-static int
-dmg_preadv(struct vimg_node *node, uint64_t offset, uint64_t bytes, const struct iovec *iov,
-           int n_iov, unsigned flags, struct vimg_error *err)
-{
-    uint8_t *buf;
-    uint64_t done = 0;
-    int ret;
-
-    (void)flags;
-    if (n_iov == 1)
-        return dmg_read(node, offset, iov[0].iov_base, bytes, err);
-    if (!(buf = malloc(bytes ? bytes : 1)))
-        return vimg_error_set(err, ENOMEM, "Out of memory");
-    ret = dmg_read(node, offset, buf, bytes, err);
-    for (int i = 0; ret == 0 && i < n_iov && done < bytes; i++) {
-        uint64_t n = iov[i].iov_len < bytes - done ? iov[i].iov_len : bytes - done;
-        memcpy(iov[i].iov_base, buf + done, n);
-        done += n;
-    }
-    free(buf);
-    return ret;
-}
-
 const struct vimg_driver vimg_dmg_driver = {
     .name = "dmg",
     .kind = VIMG_DRIVER_FORMAT,
@@ -688,6 +648,6 @@ const struct vimg_driver vimg_dmg_driver = {
     .probe = dmg_probe,
     .open = dmg_open,
     .close = dmg_close,
-    .preadv = dmg_preadv,
+    .pread = dmg_read,
     .length = dmg_length,
 };

@@ -101,23 +101,6 @@ parallels_probe(const uint8_t *buf, size_t len, const char *filename)
     return parallels_header_version(buf) ? 100 : 0;
 }
 
-/* Reads [offset, +len) of the file; bytes past its end read as zeros. */
-static int
-parallels_read_file(struct vimg_node *node, uint64_t offset, void *buf, uint64_t len,
-                    struct vimg_error *err)
-{
-    int64_t file_len = vimg_node_length(node->file, err);
-    uint64_t avail;
-
-    if (file_len < 0)
-        return (int)file_len;
-    avail = offset >= (uint64_t)file_len ? 0 : (uint64_t)file_len - offset;
-    if (avail > len)
-        avail = len;
-    memset((uint8_t *)buf + avail, 0, len - avail);
-    return avail ? vimg_node_pread(node->file, offset, buf, avail, 0, err) : 0;
-}
-
 /* How many of len bytes at offset lie inside the file. */
 static int
 parallels_in_file(struct vimg_node *node, uint64_t offset, uint64_t len, uint64_t *out,
@@ -367,7 +350,7 @@ parallels_check_extension(struct vimg_node *node, uint64_t ext_off, struct vimg_
         return ret;
     if (!(x.data = malloc(x.n_stored + 1)))
         return vimg_error_set(err, ENOMEM, "Out of memory");
-    if ((ret = parallels_read_file(node, offset, x.data, x.n_stored, err)) < 0)
+    if ((ret = vimg_node_pread_padded(node->file, offset, x.data, x.n_stored, err)) < 0)
         goto out;
     parallels_ext_get(&x, PARALLELS_EXT_OFF_MAGIC, magic, sizeof(magic));
     if (parallels_le64(magic) != PARALLELS_EXT_MAGIC) {
@@ -404,7 +387,7 @@ parallels_load_bat(struct vimg_node *node, struct vimg_error *err)
         free(raw);
         return vimg_error_set(err, ENOMEM, "Out of memory");
     }
-    ret = parallels_read_file(node, PARALLELS_HEADER_SIZE, raw, s->n_stored * 4, err);
+    ret = vimg_node_pread_padded(node->file, PARALLELS_HEADER_SIZE, raw, s->n_stored * 4, err);
     for (uint64_t i = 0; ret == 0 && i < s->n_stored; i++)
         s->bat[i] = parallels_le32(raw + i * 4);
     free(raw);
@@ -433,7 +416,7 @@ parallels_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
 
     (void)opts;
     (void)flags;
-    if ((ret = parallels_read_file(node, 0, h, sizeof(h), err)) < 0)
+    if ((ret = vimg_node_pread_padded(node->file, 0, h, sizeof(h), err)) < 0)
         return ret;
     if (!(version = parallels_header_version(h)))
         return vimg_error_set(err, EINVAL, "Image not in Parallels format");
@@ -503,36 +486,13 @@ parallels_read(struct vimg_node *node, uint64_t offset, uint8_t *out, uint64_t b
 
         if (host == 0)
             memset(out, 0, len);
-        else if ((ret = parallels_read_file(node, host + in_cluster, out, len, err)) < 0)
+        else if ((ret = vimg_node_pread_padded(node->file, host + in_cluster, out, len, err)) < 0)
             return ret;
         offset += len;
         out += len;
         bytes -= len;
     }
     return 0;
-}
-
-static int
-parallels_preadv(struct vimg_node *node, uint64_t offset, uint64_t bytes,
-                 const struct iovec *iov, int n_iov, unsigned flags, struct vimg_error *err)
-{
-    uint8_t *buf;
-    uint64_t done = 0;
-    int ret;
-
-    (void)flags;
-    if (n_iov == 1)
-        return parallels_read(node, offset, iov[0].iov_base, bytes, err);
-    if (!(buf = malloc(bytes ? bytes : 1)))
-        return vimg_error_set(err, ENOMEM, "Out of memory");
-    ret = parallels_read(node, offset, buf, bytes, err);
-    for (int i = 0; ret == 0 && i < n_iov && done < bytes; i++) {
-        uint64_t n = iov[i].iov_len < bytes - done ? iov[i].iov_len : bytes - done;
-        memcpy(iov[i].iov_base, buf + done, n);
-        done += n;
-    }
-    free(buf);
-    return ret;
 }
 
 /*
@@ -572,7 +532,7 @@ const struct vimg_driver vimg_parallels_driver = {
     .probe = parallels_probe,
     .open = parallels_open,
     .close = parallels_close,
-    .preadv = parallels_preadv,
+    .pread = parallels_read,
     .block_status = parallels_block_status,
     .length = parallels_length,
 };
