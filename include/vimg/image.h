@@ -69,4 +69,65 @@ struct vimg_measure {
 int vimg_image_measure(const char *format, struct vimg_opts *opts, struct vimg_node *in,
                        uint64_t size, struct vimg_measure *out, struct vimg_error *err);
 
+/*
+ * Records backing_file (NULL or "": none) and its format (may be NULL) as
+ * node's backing file, without touching data (rebase -u, the end of rebase).
+ * "Operation not supported" for a format that has no backing file.
+ */
+int vimg_image_change_backing_file(struct vimg_node *node, const char *backing_file,
+                                   const char *backing_fmt, struct vimg_error *err);
+/* Empties node's own layer after a commit (qcow2: back to a fresh image). */
+int vimg_image_make_empty(struct vimg_node *node, struct vimg_error *err);
+/* name as node would open it as its backing file: relative to node's directory (malloc'd). */
+char *vimg_image_backing_path(const struct vimg_node *node, const char *name);
+/*
+ * The image in top's backing chain (below top) that name designates, as the
+ * recorded backing file name or the same file; NULL when none is.
+ */
+struct vimg_node *vimg_image_find_backing(struct vimg_node *top, const char *name);
+
+enum vimg_bitmap_action {
+    VIMG_BITMAP_ADD,
+    VIMG_BITMAP_REMOVE,
+    VIMG_BITMAP_CLEAR,
+    VIMG_BITMAP_ENABLE,
+    VIMG_BITMAP_DISABLE,
+    VIMG_BITMAP_MERGE,
+};
+
+struct vimg_bitmap_op {
+    enum vimg_bitmap_action action;
+    const char *name;
+    uint64_t granularity;           /* ADD: bytes, 0 = the format's default */
+    const char *source;             /* MERGE: the bitmap merged into name */
+    struct vimg_node *source_node;  /* MERGE: the image holding source; NULL = node */
+};
+/* One persistent dirty bitmap action, with QEMU's error texts. */
+int vimg_image_bitmap(struct vimg_node *node, const struct vimg_bitmap_op *op,
+                      struct vimg_error *err);
+
+/* One internal snapshot, as the image's snapshot table has it. */
+struct vimg_snapshot {
+    char *id;
+    char *name;
+    uint64_t vm_state_size;
+    uint64_t date_sec;
+    uint64_t date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t icount;            /* UINT64_MAX: not recorded */
+};
+/* The snapshots of node (none for formats without them); free with vimg_snapshot_list_free. */
+int vimg_snapshot_list(struct vimg_node *node, struct vimg_snapshot **list, size_t *n,
+                       struct vimg_error *err);
+void vimg_snapshot_list_free(struct vimg_snapshot *list, size_t n);
+/* ENOTSUP for formats without internal snapshots. */
+int vimg_snapshot_create(struct vimg_node *node, const struct vimg_snapshot *sn,
+                         struct vimg_error *err);
+int vimg_snapshot_apply(struct vimg_node *node, const char *id_or_name, struct vimg_error *err);
+int vimg_snapshot_delete(struct vimg_node *node, const char *id, const char *name,
+                         struct vimg_error *err);
+/* `amend -o`: changes the options of an open image; QEMU's texts for what cannot change. */
+int vimg_image_amend(struct vimg_node *node, struct vimg_opts *opts, bool is_forced,
+                     struct vimg_error *err);
+
 #endif

@@ -110,6 +110,29 @@ struct vimg_driver {
                          uint64_t dst_offset, uint64_t bytes, struct vimg_error *err);
     /* The file descriptor behind a protocol node, for copy_range; -1 if none. */
     int (*get_fd)(struct vimg_node *node);
+    /* Records backing_file and backing_fmt (NULL: none) in the image's metadata. */
+    int (*change_backing_file)(struct vimg_node *node, const char *backing_file,
+                               const char *backing_fmt, struct vimg_error *err);
+    /* Drops every cluster of the image's own layer, so reads fall through to the backing. */
+    int (*make_empty)(struct vimg_node *node, struct vimg_error *err);
+    /* Applies one action to the image's persistent dirty bitmaps. */
+    int (*bitmap)(struct vimg_node *node, const struct vimg_bitmap_op *op,
+                  struct vimg_error *err);
+    /* Internal snapshots: *list is malloc'd (vimg_snapshot_list_free), in table order. */
+    int (*snapshot_list)(struct vimg_node *node, struct vimg_snapshot **list, size_t *n,
+                         struct vimg_error *err);
+    /* Takes id (NULL: the next free one), name, dates and sizes from sn. */
+    int (*snapshot_create)(struct vimg_node *node, const struct vimg_snapshot *sn,
+                           struct vimg_error *err);
+    /* Reverts to the snapshot whose id, else whose name, is id_or_name; ENOENT if none. */
+    int (*snapshot_apply)(struct vimg_node *node, const char *id_or_name,
+                          struct vimg_error *err);
+    /* Deletes the snapshot with this id and this name; ENOENT if none. */
+    int (*snapshot_delete)(struct vimg_node *node, const char *id, const char *name,
+                           struct vimg_error *err);
+    /* Changes creation options of an open image (`amend`); keys not read are rejected. */
+    int (*amend)(struct vimg_node *node, struct vimg_opts *opts, bool is_forced,
+                 struct vimg_error *err);
 };
 
 struct vimg_node {
@@ -137,6 +160,7 @@ struct vimg_node {
     int64_t cached_length;          /* root only: the guest-visible size */
     pthread_mutex_t rmw_lock;       /* serialises read-modify-write of partial blocks */
     bool is_dirty;                  /* formats: not closed cleanly ("dirty-flag" in info) */
+    bool is_encrypted;              /* formats: data is encrypted ("encrypted" in info) */
 };
 
 /* Calls that drivers make on their children and themselves (core/node.c). */

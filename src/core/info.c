@@ -18,6 +18,42 @@ info_has_get_info(const struct vimg_node *node)
     return !node->drv->lacks_get_info;
 }
 
+/* "snapshots", as QAPI's SnapshotInfo list; absent when the image has none. */
+static int
+info_add_snapshots(struct vimg_node *node, json_t *info, struct vimg_error *err)
+{
+    struct vimg_snapshot *list;
+    json_t *arr;
+    size_t n;
+    int ret;
+
+    if ((ret = vimg_snapshot_list(node, &list, &n, err)) < 0)
+        return ret;
+    if (n == 0) {
+        vimg_snapshot_list_free(list, n);
+        return 0;
+    }
+    arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_t *sn = json_object();
+        json_object_set_new(sn, "id", json_string(list[i].id));
+        json_object_set_new(sn, "name", json_string(list[i].name));
+        json_object_set_new(sn, "vm-state-size", json_integer((json_int_t)list[i].vm_state_size));
+        json_object_set_new(sn, "date-sec", json_integer((json_int_t)list[i].date_sec));
+        json_object_set_new(sn, "date-nsec", json_integer((json_int_t)list[i].date_nsec));
+        json_object_set_new(sn, "vm-clock-sec",
+                            json_integer((json_int_t)(list[i].vm_clock_nsec / 1000000000u)));
+        json_object_set_new(sn, "vm-clock-nsec",
+                            json_integer((json_int_t)(list[i].vm_clock_nsec % 1000000000u)));
+        if (list[i].icount != UINT64_MAX)
+            json_object_set_new(sn, "icount", json_integer((json_int_t)list[i].icount));
+        json_array_append_new(arr, sn);
+    }
+    vimg_snapshot_list_free(list, n);
+    json_object_set_new(info, "snapshots", arr);
+    return 0;
+}
+
 int
 vimg_image_info(struct vimg_node *node, json_t **out, struct vimg_error *err)
 {
@@ -43,6 +79,8 @@ vimg_image_info(struct vimg_node *node, json_t **out, struct vimg_error *err)
     json_object_set_new(info, "virtual-size", json_integer(size));
     if (node->cluster_size)
         json_object_set_new(info, "cluster-size", json_integer(node->cluster_size));
+    if (node->is_encrypted)
+        json_object_set_new(info, "encrypted", json_true());
     if (node->backing_filename) {
         json_object_set_new(info, "backing-filename", json_string(node->backing_filename));
         if (node->full_backing_filename)
@@ -51,6 +89,10 @@ vimg_image_info(struct vimg_node *node, json_t **out, struct vimg_error *err)
         if (node->backing_format)
             json_object_set_new(info, "backing-filename-format",
                                 json_string(node->backing_format));
+    }
+    if ((ret = info_add_snapshots(node, info, err)) < 0) {
+        json_decref(info);
+        return ret;
     }
     if (node->drv->info) {
         if ((ret = node->drv->info(node, &spec, err)) < 0) {

@@ -10,12 +10,15 @@ extern const struct vimg_driver vimg_cloop_driver;
 extern const struct vimg_driver vimg_dmg_driver;
 extern const struct vimg_driver vimg_file_driver;
 extern const struct vimg_driver vimg_host_device_driver;
+extern const struct vimg_driver vimg_luks_driver;
 #ifdef VIMG_HAVE_LIBNBD
 extern const struct vimg_driver vimg_nbd_driver;
 #endif
 extern const struct vimg_driver vimg_parallels_driver;
 extern const struct vimg_driver vimg_qcow2_driver;
 extern const struct vimg_driver vimg_raw_driver;
+extern const struct vimg_driver vimg_vhdx_driver;
+extern const struct vimg_driver vimg_vpc_driver;
 
 static const struct vimg_driver *const drivers[] = {
     &vimg_blkdebug_driver,
@@ -24,12 +27,15 @@ static const struct vimg_driver *const drivers[] = {
     &vimg_dmg_driver,
     &vimg_file_driver,
     &vimg_host_device_driver,
+    &vimg_luks_driver,
 #ifdef VIMG_HAVE_LIBNBD
     &vimg_nbd_driver,
 #endif
     &vimg_parallels_driver,
     &vimg_qcow2_driver,
     &vimg_raw_driver,
+    &vimg_vhdx_driver,
+    &vimg_vpc_driver,
 };
 
 #define N_DRIVERS (sizeof(drivers) / sizeof(drivers[0]))

@@ -91,6 +91,7 @@ io_cmd_aio_read(struct io_state *s, int argc, char **argv)
         return -1;
     if ((out = open_memstream(&text, &len))) {
         gettimeofday(&t1, NULL);
+        io_copy_on_read(s, offset, (int64_t)v.total);
         if (vimg_node_preadv(s->node, (uint64_t)offset, (uint64_t)v.total, v.iov, v.n_iov, 0,
                              &err) < 0) {
             fprintf(out, "readv failed: %s\n", strerror(err.errnum));

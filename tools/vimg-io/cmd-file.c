@@ -1,13 +1,15 @@
 /*
  * Commands about the open image as a whole: open, close, reopen, info,
  * length, map, alloc, truncate; and the opening itself, shared with main.
- * -s (snapshot) is refused: it needs a temporary qcow2 overlay, and vimg has
- * no qcow2 driver yet.
+ * -s (snapshot) is refused: it needs a temporary qcow2 overlay that vimg
+ * cannot make yet.
  */
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <vimg/image.h>
 
 #include "io.h"
 
@@ -84,6 +86,15 @@ io_open_image(struct io_state *s, const char *filename, const char *format,
         open_error(filename, err.msg);
         vimg_opts_free(opts);
         s->node = NULL;
+        s->is_cor = false;
+        return -1;
+    }
+    if (s->is_cor && !(flags & VIMG_OPEN_RDWR)) {
+        open_error(filename, "Can't use copy-on-read on read-only device");
+        vimg_close(s->node);
+        vimg_opts_free(opts);
+        s->node = NULL;
+        s->is_cor = false;
         return -1;
     }
     s->filename = filename ? strdup(filename) : NULL;
@@ -99,6 +110,7 @@ io_close_image(struct io_state *s)
     io_drain(s);
     vimg_close(s->node);
     s->node = NULL;
+    s->is_cor = false;
     free(s->filename);
     free(s->format);
     vimg_opts_free(s->opts);
@@ -110,6 +122,7 @@ io_close_image(struct io_state *s)
 struct open_args {
     unsigned flags;
     bool is_snapshot;
+    bool is_cor;
     struct vimg_opts *opts;
 };
 
@@ -123,7 +136,7 @@ open_getopt(int argc, char **argv, struct open_args *a)
         switch (c) {
         case 's': a->is_snapshot = true; break;
         case 'n': a->flags = (a->flags & ~OPEN_CACHE_MASK) | VIMG_OPEN_NOCACHE; break;
-        case 'C': break;
+        case 'C': a->is_cor = true; break;
         case 'r': a->flags &= ~VIMG_OPEN_RDWR; break;
         case 'o':
             if (vimg_opts_parse(a->opts, optarg, NULL, &err) < 0) {
@@ -206,6 +219,7 @@ open_checked(struct io_state *s, struct open_args *a, const char *filename)
         vimg_opts_free(a->opts);
         a->opts = NULL;
     }
+    s->is_cor = a->is_cor;
     return io_open_image(s, filename, NULL, a->opts, a->flags);
 }
 
@@ -247,18 +261,90 @@ io_cmd_close(struct io_state *s, int argc, char **argv)
     return 0;
 }
 
+/* A format-specific key as QEMU's human dump prints it: "compression type". */
+static void
+info_print_key(const char *key, int indent)
+{
+    printf("%*s", indent, "");
+    for (const char *p = key; *p; p++)
+        putchar(*p == '-' ? ' ' : *p);
+}
+
+/* The human rendering of a format-specific tree, as qemu-img info prints it. */
+static void
+info_dump(const json_t *v, int indent)
+{
+    const char *key;
+    json_t *child;
+    size_t i;
+
+    if (json_is_object(v)) {
+        json_object_foreach((json_t *)v, key, child) {
+            info_print_key(key, indent);
+            printf(json_is_object(child) || json_is_array(child) ? ":\n" : ": ");
+            info_dump(child, json_is_object(child) || json_is_array(child) ? indent + 4 : 0);
+        }
+    } else if (json_is_array(v)) {
+        json_array_foreach(v, i, child) {
+            bool is_tree = json_is_object(child) || json_is_array(child);
+            printf("%*s[%zu]:%s", indent, "", i, is_tree ? "\n" : " ");
+            info_dump(child, is_tree ? indent + 4 : 0);
+        }
+    } else if (json_is_string(v)) {
+        printf("%s\n", json_string_value(v));
+    } else if (json_is_integer(v)) {
+        printf("%" JSON_INTEGER_FORMAT "\n", json_integer_value(v));
+    } else if (json_is_boolean(v)) {
+        printf("%s\n", json_is_true(v) ? "true" : "false");
+    } else if (json_is_real(v)) {
+        printf("%g\n", json_real_value(v));
+    }
+}
+
+/*
+ * Where qcow2 keeps the VM state: the first guest offset that the L1 table
+ * of the disk's size no longer covers, in whole L2 tables (8-byte entries,
+ * 16 with extended L2). Other formats have none.
+ */
+static uint64_t
+info_vm_state_offset(struct io_state *s, const json_t *spec)
+{
+    struct vimg_error err = { 0 };
+    uint64_t cluster = vimg_node_cluster_size(s->node), cover;
+    bool is_ext = json_is_true(json_object_get(json_object_get(spec, "data"), "extended-l2"));
+    int64_t len = vimg_node_length(s->node, &err);
+
+    if (strcmp(vimg_node_format(s->node), "qcow2") != 0 || len < 0 || cluster == 0)
+        return 0;
+    cover = cluster * (cluster / (is_ext ? 16 : 8));
+    return ((uint64_t)len + cover - 1) / cover * cover;
+}
+
+/* qemu-io's `info`: the format, bdrv_get_info's numbers, the format-specific tree. */
 int
 io_cmd_info(struct io_state *s, int argc, char **argv)
 {
+    struct vimg_error err = { 0 };
+    json_t *info = NULL, *spec;
     char buf[64];
 
     (void)argc;
     (void)argv;
     printf("format name: %s\n", vimg_node_format(s->node));
+    if (vimg_image_info(s->node, &info, &err) < 0) {
+        tool_error("%s", err.msg);
+        return -1;
+    }
+    spec = json_object_get(info, "format-specific");
     io_cvtstr(vimg_node_cluster_size(s->node), buf, sizeof(buf));
     printf("cluster size: %s\n", buf);
-    io_cvtstr(0, buf, sizeof(buf));
+    io_cvtstr((double)info_vm_state_offset(s, spec), buf, sizeof(buf));
     printf("vm state offset: %s\n", buf);
+    if (spec) {
+        printf("Format specific information:\n");
+        info_dump(json_object_get(spec, "data"), 4);
+    }
+    json_decref(info);
     return 0;
 }
 
@@ -287,8 +373,9 @@ is_allocated(struct io_state *s, int64_t offset, int64_t bytes, int64_t *n, bool
     struct vimg_error err = { 0 };
     struct vimg_block_status bs;
 
-    if (vimg_node_block_status_above(s->node, NULL, (uint64_t)offset, (uint64_t)bytes, &bs,
-                                     &err) < 0) {
+    /* This layer alone, as bdrv_is_allocated: a backing file's data does not count. */
+    if (vimg_node_block_status_above(s->node, vimg_node_backing(s->node), (uint64_t)offset,
+                                     (uint64_t)bytes, &bs, &err) < 0) {
         printf("is_allocated failed: %s\n", strerror(err.errnum));
         return -1;
     }

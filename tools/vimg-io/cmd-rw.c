@@ -103,6 +103,76 @@ read_check_pattern_range(struct rw_opts *o, int64_t count)
     return 0;
 }
 
+/* QEMU's bounce buffer limit for one copy-on-read step. */
+#define COR_MAX_BYTES (16LL << 20)
+
+/* Whether [offset, +bytes) is allocated in this layer; *n is the run's length. */
+static bool
+cor_is_allocated(struct io_state *s, int64_t offset, int64_t bytes, int64_t *n)
+{
+    struct vimg_error err = { 0 };
+    struct vimg_block_status bs;
+
+    if (vimg_node_block_status_above(s->node, vimg_node_backing(s->node), (uint64_t)offset,
+                                     (uint64_t)bytes, &bs, &err) < 0) {
+        *n = bytes;
+        return true;
+    }
+    *n = (int64_t)bs.bytes < bytes ? (int64_t)bs.bytes : bytes;
+    return bs.flags & VIMG_BS_ALLOCATED;
+}
+
+/* Copies [offset, +bytes) as read through the backing chain into this layer. */
+static void
+cor_copy(struct io_state *s, int64_t offset, int64_t bytes)
+{
+    struct vimg_error err = { 0 };
+    void *buf = malloc((size_t)bytes);
+
+    if (!buf)
+        return;
+    if (vimg_node_pread(s->node, (uint64_t)offset, buf, (uint64_t)bytes, 0, &err) == 0) {
+        if (vimg_buffer_is_zero(buf, (size_t)bytes))
+            vimg_node_pwrite_zeroes(s->node, (uint64_t)offset, (uint64_t)bytes, 0, &err);
+        else
+            vimg_node_pwrite(s->node, (uint64_t)offset, buf, (uint64_t)bytes, 0, &err);
+    }
+    free(buf);
+}
+
+/*
+ * As QEMU's copy-on-read: only a read that is not wholly allocated here
+ * copies, over whole clusters (cut at the end of the image); unallocated runs
+ * are written back, as zeros when they read as zeros. Errors are left for
+ * the read itself to report.
+ */
+void
+io_copy_on_read(struct io_state *s, int64_t offset, int64_t bytes)
+{
+    struct vimg_error err = { 0 };
+    int64_t len = vimg_node_length(s->node, &err), cluster, pos, end, n;
+
+    if (!s->is_cor || len < 0 || offset < 0 || bytes < 0 || offset > len ||
+        bytes > len - offset)
+        return;
+    /* Nothing counts as allocated in an empty range: QEMU copies the cluster around it. */
+    if (bytes > 0 && cor_is_allocated(s, offset, bytes, &n) && n == bytes)
+        return;
+    cluster = vimg_node_cluster_size(s->node) ? vimg_node_cluster_size(s->node) : 1;
+    pos = offset / cluster * cluster;
+    end = (offset + bytes + cluster - 1) / cluster * cluster;
+    if (end > len)
+        end = len;
+    while (pos < end) {
+        if (!cor_is_allocated(s, pos, end - pos, &n)) {
+            if (n > COR_MAX_BYTES)
+                n = COR_MAX_BYTES;
+            cor_copy(s, pos, n);
+        }
+        pos += n;
+    }
+}
+
 static int
 read_data(struct io_state *s, const struct rw_opts *o, int64_t offset, int64_t count,
           void *buf)
@@ -111,6 +181,7 @@ read_data(struct io_state *s, const struct rw_opts *o, int64_t offset, int64_t c
 
     if (o->is_vmstate)
         return -ENOTSUP;
+    io_copy_on_read(s, offset, count);
     if (vimg_node_pread(s->node, (uint64_t)offset, buf, (uint64_t)count, 0, &err) < 0)
         return -err.errnum;
     return 0;
@@ -241,6 +312,7 @@ io_cmd_readv(struct io_state *s, int argc, char **argv)
         io_make_iov(s, argc - optind - 1, argv + optind + 1, 0xab, &v) < 0)
         return -1;
     gettimeofday(&t1, NULL);
+    io_copy_on_read(s, offset, (int64_t)v.total);
     ret = vimg_node_preadv(s->node, (uint64_t)offset, (uint64_t)v.total, v.iov, v.n_iov, 0,
                            &err);
     gettimeofday(&t2, NULL);

@@ -27,6 +27,7 @@ struct io_state {
     unsigned flags;             /* VIMG_OPEN_* */
     bool is_misaligned;         /* -m: buffers start one byte past an alignment */
     bool is_image_opts;         /* --image-opts: open's path is an options string too */
+    bool is_cor;                /* -C: reads copy what this layer lacks into it */
     bool is_quit;
     char **pending;             /* aio results not yet delivered, in submission order */
     size_t n_pending;
@@ -105,6 +106,11 @@ int io_cmd_wait_break(struct io_state *s, int argc, char **argv);
 bool io_parse_cache(const char *mode, unsigned *flags);
 bool io_parse_discard(const char *mode);
 bool io_parse_aio(const char *mode, unsigned *flags);
+/*
+ * -C: before a read of [offset, +bytes), copies into the image what it lacks
+ * of the clusters the read touches (prints nothing; the read reports errors).
+ */
+void io_copy_on_read(struct io_state *s, int64_t offset, int64_t bytes);
 /* Opens and records the image; prints "can't open ..." and returns -1 on failure. */
 int io_open_image(struct io_state *s, const char *filename, const char *format,
                   struct vimg_opts *opts, unsigned flags);

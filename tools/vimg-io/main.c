@@ -76,6 +76,7 @@ struct main_args {
     unsigned flags;
     bool is_snapshot;
     bool is_image_opts;
+    bool is_cor;
 };
 
 /* Returns 0 to go on, or the exit status + 1 when main must stop. */
@@ -94,7 +95,8 @@ parse_option(int c, struct main_args *a, struct io_state *s)
     case 'r': a->flags &= ~VIMG_OPEN_RDWR; break;
     case 's': a->is_snapshot = true; break;
     case 'n': a->flags = (a->flags & ~VIMG_OPEN_WRITETHROUGH) | VIMG_OPEN_NOCACHE; break;
-    case 'C': case 'T': break;
+    case 'C': a->is_cor = true; break;
+    case 'T': break;
     case 'm': s->is_misaligned = true; break;
     case 'k': a->flags |= VIMG_OPEN_AIO_NATIVE; break;
     case 'i': return io_parse_aio(optarg, &a->flags) ? 0 : 2;
@@ -125,6 +127,7 @@ open_main_image(struct io_state *s, const struct main_args *a, const char *filen
         tool_error("can't open device %s: snapshot=on is not supported by vimg-io", filename);
         return -1;
     }
+    s->is_cor = a->is_cor;
     if (!a->is_image_opts)
         return io_open_image(s, filename, a->format, NULL, a->flags);
     if (a->format) {

@@ -60,6 +60,33 @@ dump_value(const json_t *v, int indent)
 }
 
 static void
+print_snapshots(const json_t *arr)
+{
+    size_t n = json_array_size(arr);
+    struct vimg_snapshot *list = calloc(n ? n : 1, sizeof(*list));
+    json_t *sn;
+    size_t i;
+
+    if (!list)
+        return;
+    json_array_foreach(arr, i, sn) {
+        json_t *icount = json_object_get(sn, "icount");
+        list[i].id = (char *)json_string_value(json_object_get(sn, "id"));
+        list[i].name = (char *)json_string_value(json_object_get(sn, "name"));
+        list[i].vm_state_size = (uint64_t)json_integer_value(json_object_get(sn,
+                                                                             "vm-state-size"));
+        list[i].date_sec = (uint64_t)json_integer_value(json_object_get(sn, "date-sec"));
+        list[i].date_nsec = (uint64_t)json_integer_value(json_object_get(sn, "date-nsec"));
+        list[i].vm_clock_nsec =
+            (uint64_t)json_integer_value(json_object_get(sn, "vm-clock-sec")) * 1000000000u +
+            (uint64_t)json_integer_value(json_object_get(sn, "vm-clock-nsec"));
+        list[i].icount = icount ? (uint64_t)json_integer_value(icount) : UINT64_MAX;
+    }
+    img_print_snapshots(list, n);
+    free(list);
+}
+
+static void
 print_human(const json_t *info)
 {
     json_t *v;
@@ -94,6 +121,8 @@ print_human(const json_t *info)
     }
     if ((v = json_object_get(info, "backing-filename-format")))
         printf("backing file format: %s\n", json_string_value(v));
+    if ((v = json_object_get(info, "snapshots")))
+        print_snapshots(v);
     if ((v = json_object_get(info, "format-specific"))) {
         printf("Format specific information:\n");
         dump_value(json_object_get(v, "data"), 4);

@@ -14,8 +14,11 @@ struct command {
 };
 
 static const struct command commands[] = {
+    { "amend", cmd_amend },
     { "bench", cmd_bench },
+    { "bitmap", cmd_bitmap },
     { "check", cmd_check },
+    { "commit", cmd_commit },
     { "compare", cmd_compare },
     { "convert", cmd_convert },
     { "create", cmd_create },
@@ -23,7 +26,9 @@ static const struct command commands[] = {
     { "info", cmd_info },
     { "map", cmd_map },
     { "measure", cmd_measure },
+    { "rebase", cmd_rebase },
     { "resize", cmd_resize },
+    { "snapshot", cmd_snapshot },
 };
 
 static const char help_text[] =
@@ -36,8 +41,11 @@ static const char help_text[] =
 "                         specify tracing options\n"
 "\n"
 "Command syntax:\n"
+"  amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename\n"
 "  bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename\n"
+"  bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] [-g granularity] [--object objectdef] [--image-opts | -f fmt] filename bitmap\n"
 "  check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename\n"
+"  commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename\n"
 "  compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2\n"
 "  convert [--object objectdef] [--image-opts] [--target-image-opts] [--target-is-zero] [--bitmaps] [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] filename [filename2 [...]] output_filename\n"
 "  create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]\n"
@@ -45,6 +53,8 @@ static const char help_text[] =
 "  info [--object objectdef] [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename\n"
 "  map [--object objectdef] [--image-opts] [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename\n"
 "  measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [--object objectdef] [--image-opts] [-f fmt] [-l snapshot_param] filename]\n"
+"  snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename\n"
+"  rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename\n"
 "  resize [--object objectdef] [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size\n"
 "\n"
 "Command parameters:\n"
@@ -69,6 +79,11 @@ static const char help_text[] =
 "    name=value format. Use -o help for an overview of the options supported by\n"
 "    the used format\n"
 "  '-c' indicates that target image must be compressed (qcow format only)\n"
+"  '-u' allows unsafe backing chains. For rebasing, it is assumed that old and\n"
+"       new backing file match exactly. The image doesn't need a working\n"
+"       backing file before rebasing in this case (useful for renaming the\n"
+"       backing file). For image creation, allow creating without attempting\n"
+"       to open the backing file.\n"
 "  '-p' show progress of command (only certain commands)\n"
 "  '-q' use Quiet mode - do not print any output (except errors)\n"
 "  '-S' indicates the consecutive number of bytes (defaults to 4k) that must\n"
@@ -85,6 +100,14 @@ static const char help_text[] =
 "       '-r leaks' repairs only cluster leaks, whereas '-r all' fixes all\n"
 "       kinds of errors, with a higher risk of choosing the wrong fix or\n"
 "       hiding corruption that has already occurred.\n"
+"\n"
+"Parameters to bitmap subcommand:\n"
+"  'bitmap' is the name of the bitmap to manipulate, through one or more\n"
+"       actions from '--add', '--remove', '--clear', '--enable', '--disable',\n"
+"       or '--merge source'\n"
+"  '-g granularity' sets the granularity for '--add' actions\n"
+"  '-b source' and '-F src_fmt' tell '--merge' actions to find the source\n"
+"       bitmaps from an alternative file\n"
 "\n"
 "Parameters to convert subcommand:\n"
 "  '-m' specifies how many coroutines work in parallel during the convert\n"

@@ -11,8 +11,11 @@
 
 #include "../common.h"
 
+int cmd_amend(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_bitmap(int argc, char **argv);
 int cmd_check(int argc, char **argv);
+int cmd_commit(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_create(int argc, char **argv);
@@ -20,7 +23,12 @@ int cmd_dd(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_map(int argc, char **argv);
 int cmd_measure(int argc, char **argv);
+int cmd_rebase(int argc, char **argv);
 int cmd_resize(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);
+
+/* The "Snapshot list:" table of `snapshot -l` and `info`. */
+void img_print_snapshots(const struct vimg_snapshot *list, size_t n);
 
 /* "unrecognized option" / "Try 'vimg --help'" as qemu-img words them; returns 1. */
 int img_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

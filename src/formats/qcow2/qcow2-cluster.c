@@ -182,8 +182,7 @@ qcow2_alloc_l2(struct vimg_node *node, uint64_t index, uint8_t **l2, struct vimg
     return qcow2_load_l2(node, new_off, l2, err);
 }
 
-/* The L2 table covering guest offset; NULL without alloc when there is none. */
-static int
+int
 qcow2_get_l2(struct vimg_node *node, uint64_t offset, bool alloc, uint8_t **l2,
              struct vimg_error *err)
 {
@@ -637,6 +636,10 @@ qcow2_zero_clusters(struct vimg_node *node, uint64_t cl, uint64_t in, uint64_t l
     entry = qcow2_l2_entry(s, l2, index);
     bitmap = qcow2_l2_bitmap(s, l2, index);
     is_ours = qcow2_entry_has_host(s, entry) && (entry & QCOW2_OFLAG_COPIED);
+    /* As QEMU's discard: what this image does not allocate reads as zeros already. */
+    if (is_discard && !node->backing && !qcow2_entry_has_host(s, entry) &&
+        !(entry & QCOW2_OFLAG_COMPRESSED))
+        return 0;
     if (s->has_extended_l2) {
         /* Part of a cluster whose data is not ours alone: write the zeros as data. */
         if (!is_whole && !is_ours && (entry & ~QCOW2_OFLAG_COPIED))
@@ -665,6 +668,7 @@ qcow2_reads_zero(struct vimg_node *node, uint64_t offset, uint64_t bytes, bool *
                  struct vimg_error *err)
 {
     struct qcow2_mapping m;
+    struct vimg_block_status bs;
     int ret;
 
     *is_zero = false;
@@ -673,6 +677,17 @@ qcow2_reads_zero(struct vimg_node *node, uint64_t offset, uint64_t bytes, bool *
     if (m.bytes < bytes)
         return 0;
     *is_zero = m.kind == QCOW2_ZERO || (m.kind == QCOW2_UNALLOCATED && !node->backing);
+    if (m.kind != QCOW2_UNALLOCATED || !node->backing)
+        return 0;
+    /*
+     * As QEMU, zeros past the end of the backing file or where no layer of
+     * the chain allocates count too (not holes of a raw file, which QEMU's
+     * quick check calls data).
+     */
+    if ((ret = vimg_node_block_status_above(node->backing, NULL, offset, bytes, &bs, err)) < 0)
+        return ret;
+    *is_zero = bs.bytes >= bytes && (bs.flags & VIMG_BS_ZERO) &&
+               !(bs.flags & VIMG_BS_ALLOCATED);
     return 0;
 }
 
@@ -891,5 +906,87 @@ qcow2_preallocate_metadata(struct vimg_node *node, uint64_t offset, uint64_t byt
     if (ret == 0)
         ret = qcow2_flush_metadata(node, err);
     pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* ---- shrinking ---- */
+
+/* Drops the reference an L2 entry held; the metadata naming it is already on disk. */
+static int
+qcow2_drop_entry_ref(struct vimg_node *node, uint64_t entry, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t coff, csize;
+
+    if (s->has_data_file)
+        return 0;
+    if (entry & QCOW2_OFLAG_COMPRESSED) {
+        qcow2_compressed_extent(s, entry, &coff, &csize);
+        return qcow2_update_refcount(node, coff, csize, -1, err);
+    }
+    if (entry & QCOW2_OFFSET_MASK)
+        return qcow2_update_refcount(node, entry & QCOW2_OFFSET_MASK, s->cluster_size, -1, err);
+    return 0;
+}
+
+/*
+ * Unmaps entries [first, end) of the L2 table of L1 entry l1_index; with
+ * is_whole the table itself goes too. The new entries reach disk before
+ * the references they held are dropped.
+ */
+static int
+qcow2_unmap_l2_range(struct vimg_node *node, uint64_t l1_index, uint64_t first, uint64_t end,
+                     bool is_whole, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t l2_off = s->l1[l1_index] & QCOW2_OFFSET_MASK;
+    bool is_shared = !(s->l1[l1_index] & QCOW2_OFLAG_COPIED);
+    uint64_t *old = calloc(s->l2_entries, sizeof(*old));
+    uint8_t *l2;
+    int ret;
+
+    if (!old)
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    /* A table a snapshot shares keeps its entries: only its own reference goes. */
+    ret = is_whole && is_shared ? 0 : qcow2_get_l2(node, l1_index * qcow2_l2_coverage(s),
+                                                  !is_whole, &l2, err);
+    for (uint64_t i = first; ret == 0 && !(is_whole && is_shared) && i < end; i++) {
+        old[i] = qcow2_l2_entry(s, l2, i);
+        if (!is_whole)
+            qcow2_set_l2(s, l2, i, 0, 0);
+    }
+    if (ret == 0 && is_whole) {
+        s->l1[l1_index] = 0;
+        ret = qcow2_write_l1_entry(node, l1_index, err);
+    }
+    if (ret == 0 && (ret = qcow2_flush_metadata(node, err)) == 0)
+        ret = vimg_node_flush(node->file, err);
+    for (uint64_t i = first; ret == 0 && i < end; i++)
+        ret = qcow2_drop_entry_ref(node, old[i], err);
+    if (ret == 0 && is_whole)
+        ret = qcow2_update_refcount(node, l2_off, s->cluster_size, -1, err);
+    free(old);
+    return ret;
+}
+
+/*
+ * Unmaps every cluster from guest offset start (cluster aligned) to the end
+ * of the L1 table, as QEMU's shrink does: even clusters that are allocated,
+ * and the L2 tables wholly past start. The L1 table keeps its size.
+ */
+int
+qcow2_discard_tail(struct vimg_node *node, uint64_t start, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t cover = qcow2_l2_coverage(s);
+    int ret = 0;
+
+    for (uint64_t i = start / cover; i < s->l1_size && ret == 0; i++) {
+        uint64_t first = i * cover >= start ? 0 : (start - i * cover) / s->cluster_size;
+        if (!(s->l1[i] & QCOW2_OFFSET_MASK))
+            continue;
+        ret = qcow2_unmap_l2_range(node, i, first, s->l2_entries, first == 0, err);
+    }
+    s->free_byte_offset = 0;
     return ret;
 }

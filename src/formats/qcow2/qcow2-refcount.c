@@ -415,3 +415,25 @@ qcow2_free_clusters(struct vimg_node *node, uint64_t offset, uint64_t bytes,
         return ret;
     return qcow2_update_refcount(node, offset, bytes, -1, err);
 }
+
+/* *end_index: one past the last cluster with a nonzero refcount (0 when none). */
+int
+qcow2_used_end(struct vimg_node *node, uint64_t *end_index, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    int ret;
+
+    *end_index = 0;
+    for (uint64_t ti = s->rt_size; ti-- > 0;) {
+        uint8_t *block;
+        if ((ret = qcow2_find_refblock(node, ti * s->rb_entries, &block, err)) < 0)
+            return ret;
+        for (uint64_t i = s->rb_entries; block && i-- > 0;) {
+            if (qcow2_refcount_get_raw(s, block, i)) {
+                *end_index = ti * s->rb_entries + i + 1;
+                return 0;
+            }
+        }
+    }
+    return 0;
+}

@@ -5,10 +5,10 @@
  * qcow2-cluster.c (mapping, reads, writes), qcow2-refcount.c (allocation),
  * qcow2-create.c and qcow2-check.c.
  *
- * Left out for now: encryption (AES and LUKS), internal snapshots (kept
- * intact, not listed), writing persistent bitmaps (the autoclear bit is
- * cleared on a writable open, as the spec asks of programs that do not
- * update them), shrinking.
+ * Left out for now: encryption (AES and LUKS), the VM state of internal
+ * snapshots (the snapshot table is in qcow2-snapshot.c), writing persistent
+ * bitmaps (the autoclear bit is cleared on a writable open, as the spec asks
+ * of programs that do not update them), shrinking.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -452,6 +452,7 @@ const struct vimg_driver vimg_qcow2_driver = {
     .preadv = qcow2_preadv,
     .pwritev = qcow2_pwritev,
     .pwrite_zeroes = qcow2_pwrite_zeroes,
+    .pwrite_compressed = qcow2_pwrite_compressed,
     .discard = qcow2_discard,
     .flush = qcow2_flush,
     .block_status = qcow2_block_status,
@@ -460,4 +461,11 @@ const struct vimg_driver vimg_qcow2_driver = {
     .truncate = qcow2_truncate,
     .info = qcow2_info,
     .check = qcow2_check,
+    .change_backing_file = qcow2_change_backing_file,
+    .make_empty = qcow2_make_empty,
+    .measure = qcow2_measure,
+    .snapshot_list = qcow2_snapshot_list,
+    .snapshot_create = qcow2_snapshot_create,
+    .snapshot_apply = qcow2_snapshot_apply,
+    .snapshot_delete = qcow2_snapshot_delete,
 };

@@ -176,6 +176,12 @@ struct qcow2_state {
     struct qcow2_cache rb_cache;
     uint64_t free_cluster_index;    /* no free cluster below this one */
     uint64_t alloc_end;             /* clusters handed out all lie below this index */
+    /* Compressed clusters are packed: the next one goes at free_byte_offset (0 = in a new
+       cluster) while the one before it, at guest offset free_byte_owner, still has
+       L2 entry free_byte_entry (else its host cluster may have been freed). */
+    uint64_t free_byte_offset;
+    uint64_t free_byte_owner;
+    uint64_t free_byte_entry;
 };
 
 static inline uint16_t qcow2_be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
@@ -262,6 +268,8 @@ void qcow2_refcount_set_raw(struct qcow2_state *s, uint8_t *block, uint64_t inde
                             uint64_t value);
 uint64_t qcow2_refcount_get_raw(const struct qcow2_state *s, const uint8_t *block,
                                 uint64_t index);
+/* *end_index: one past the last cluster in use (0 when none). */
+int qcow2_used_end(struct vimg_node *node, uint64_t *end_index, struct vimg_error *err);
 
 /* qcow2-cluster.c: the mapping; callers hold s->lock unless said otherwise. */
 int qcow2_get_mapping(struct vimg_node *node, uint64_t offset, uint64_t bytes,
@@ -269,6 +277,9 @@ int qcow2_get_mapping(struct vimg_node *node, uint64_t offset, uint64_t bytes,
 /* Compressed cluster host offset and byte count from an L2 entry. */
 void qcow2_compressed_extent(const struct qcow2_state *s, uint64_t entry, uint64_t *offset,
                              uint64_t *bytes);
+/* The L2 table covering guest offset; NULL without alloc when there is none. */
+int qcow2_get_l2(struct vimg_node *node, uint64_t offset, bool alloc, uint8_t **l2,
+                 struct vimg_error *err);
 int qcow2_grow_l1(struct vimg_node *node, uint64_t min_size, struct vimg_error *err);
 /* Takes s->lock itself. */
 int qcow2_write(struct vimg_node *node, uint64_t offset, uint64_t bytes,
@@ -282,16 +293,48 @@ int qcow2_read(struct vimg_node *node, uint64_t offset, uint64_t bytes,
                const struct iovec *iov, int n_iov, struct vimg_error *err);
 int qcow2_preallocate_metadata(struct vimg_node *node, uint64_t offset, uint64_t bytes,
                                struct vimg_error *err);
+/* Unmaps every cluster from start (cluster aligned) on; the L1 table keeps its size. */
+int qcow2_discard_tail(struct vimg_node *node, uint64_t start, struct vimg_error *err);
 /* Data node: the external data file or the image file. */
 struct vimg_node *qcow2_data_node(struct vimg_node *node);
+
+/* qcow2-resize.c: the driver's truncate op; takes s->lock. */
+int qcow2_resize(struct vimg_node *node, uint64_t size, int prealloc, struct vimg_error *err);
 
 /* qcow2-compress.c */
 int qcow2_decompress(uint8_t type, const uint8_t *in, size_t in_len, uint8_t *out,
                      size_t out_len, struct vimg_error *err);
+/* Writes whole clusters compressed (the last one may end the image); takes s->lock. */
+int qcow2_pwrite_compressed(struct vimg_node *node, uint64_t offset, const void *buf,
+                            uint64_t bytes, struct vimg_error *err);
 
 /* qcow2-create.c */
 extern const struct vimg_opt_desc qcow2_create_opts[];
 int qcow2_create(const char *filename, struct vimg_opts *opts, struct vimg_error *err);
+
+/* qcow2-measure.c */
+int qcow2_measure(struct vimg_opts *opts, struct vimg_node *in, uint64_t size,
+                  struct vimg_measure *out, struct vimg_error *err);
+/* Refcount blocks plus refcount table clusters needed to count n_clusters clusters. */
+uint64_t qcow2_refcount_metadata_clusters(uint64_t n_clusters, uint64_t cluster_size,
+                                          uint64_t refcount_bits);
+
+/* qcow2-backing.c */
+/* Rewrites the header cluster from the state and node->backing_filename; lock held. */
+int qcow2_write_header(struct vimg_node *node, struct vimg_error *err);
+int qcow2_change_backing_file(struct vimg_node *node, const char *backing_file,
+                              const char *backing_fmt, struct vimg_error *err);
+int qcow2_make_empty(struct vimg_node *node, struct vimg_error *err);
+
+/* qcow2-snapshot.c: the driver's snapshot ops; they take s->lock. */
+int qcow2_snapshot_list(struct vimg_node *node, struct vimg_snapshot **list, size_t *n,
+                        struct vimg_error *err);
+int qcow2_snapshot_create(struct vimg_node *node, const struct vimg_snapshot *sn,
+                          struct vimg_error *err);
+int qcow2_snapshot_apply(struct vimg_node *node, const char *id_or_name,
+                         struct vimg_error *err);
+int qcow2_snapshot_delete(struct vimg_node *node, const char *id, const char *name,
+                          struct vimg_error *err);
 
 /* qcow2-check.c */
 int qcow2_check(struct vimg_node *node, int fix, struct vimg_check_result *result,
