@@ -41,13 +41,14 @@ tool_error_err(const struct vimg_error *err, const char *prefix_fmt, ...)
 }
 
 /*
- * QEMU prints its raw-probing "WARNING: ..." block as it is, and every other
+ * QEMU prints its raw-probing "WARNING: ..." block and check's "ERROR: ..."
+ * lines as they are, and every other
  * library warning through error_report(), behind the program name.
  */
 static void
 print_warning(const char *msg)
 {
-    if (strncmp(msg, "WARNING: ", 9) == 0)
+    if (strncmp(msg, "WARNING: ", 9) == 0 || strncmp(msg, "ERROR: ", 7) == 0)
         fprintf(stderr, "%s\n", msg);
     else
         fprintf(stderr, "%s: %s\n", tool_name, msg);

@@ -44,6 +44,7 @@ struct vimg_node;
 #define VIMG_BS_ALLOCATED       0x0008u  /* this layer (not a backing file) decides */
 #define VIMG_BS_RAW             0x0010u  /* driver: ask file at offset for the rest */
 #define VIMG_BS_COMPRESSED      0x0020u  /* data is stored compressed */
+#define VIMG_BS_RECURSE         0x0040u  /* driver: data may sit over a hole in file; ask it */
 
 struct vimg_block_status {
     unsigned flags;              /* VIMG_BS_* */
@@ -132,5 +133,15 @@ bool vimg_node_can_compress(const struct vimg_node *node);
 
 /* Fast test that a buffer holds only zero bytes. */
 bool vimg_buffer_is_zero(const void *buf, size_t len);
+
+/*
+ * The VM state an image keeps beside its guest disk (qcow2): offsets count
+ * from its start. ENOTSUP where no layer of the image has one; EIO past
+ * QEMU's maximum image length.
+ */
+int vimg_node_pread_vmstate(struct vimg_node *node, uint64_t offset, void *buf,
+                            uint64_t bytes, struct vimg_error *err);
+int vimg_node_pwrite_vmstate(struct vimg_node *node, uint64_t offset, const void *buf,
+                             uint64_t bytes, struct vimg_error *err);
 
 #endif

@@ -137,7 +137,10 @@ validate_value(const struct vimg_opt_desc *d, const char *path, const char *valu
                                   "giga-, tera-, peta-\nand exabytes, respectively.", path);
         break;
     case VIMG_OPT_BOOL:
-        if (strcmp(value, "on") && strcmp(value, "off"))
+        /* QEMU's boolean parser also takes yes/no, true/false and y/n. */
+        if (strcmp(value, "on") && strcmp(value, "off") && strcmp(value, "yes") &&
+            strcmp(value, "no") && strcmp(value, "true") && strcmp(value, "false") &&
+            strcmp(value, "y") && strcmp(value, "n"))
             return vimg_error_set(err, EINVAL, "Parameter '%s' expects 'on' or 'off'", path);
         break;
     case VIMG_OPT_NUMBER:

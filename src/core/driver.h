@@ -133,6 +133,14 @@ struct vimg_driver {
     /* Changes creation options of an open image (`amend`); keys not read are rejected. */
     int (*amend)(struct vimg_node *node, struct vimg_opts *opts, bool is_forced,
                  struct vimg_error *err);
+    /*
+     * Reads (or with is_write writes) [offset, +bytes) of the VM state the
+     * image keeps beside the guest disk. The core has checked the range
+     * against QEMU's maximum length and the write permission.
+     */
+    int (*rw_vmstate)(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                      const struct iovec *iov, int n_iov, bool is_write,
+                      struct vimg_error *err);
 };
 
 struct vimg_node {

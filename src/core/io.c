@@ -614,9 +614,10 @@ vimg_node_block_status(struct vimg_node *node, uint64_t offset, uint64_t bytes,
         bs->bytes = below.bytes;
         bs->offset = (below.flags & VIMG_BS_OFFSET_VALID) ? below.offset : map;
         bs->file = (below.flags & VIMG_BS_OFFSET_VALID) ? below.file : file;
-    } else if ((bs->flags & VIMG_BS_OFFSET_VALID) && (bs->flags & VIMG_BS_DATA) &&
+    } else if ((bs->flags & VIMG_BS_RECURSE) && (bs->flags & VIMG_BS_OFFSET_VALID) &&
+               (bs->flags & VIMG_BS_DATA) &&
                !(bs->flags & VIMG_BS_ZERO) && bs->file && bs->file != node) {
-        /* Data recorded as allocated may still be a hole in the file below. */
+        /* Data the driver marks may still be a hole in the file below (preallocation). */
         struct vimg_block_status below;
         if (vimg_node_block_status(bs->file, bs->offset, bs->bytes, &below, err) == 0 &&
             (below.flags & VIMG_BS_ZERO) && !(below.flags & VIMG_BS_DATA)) {
@@ -703,4 +704,46 @@ vimg_node_copy_range(struct vimg_node *src, uint64_t offset, struct vimg_node *d
     if (!from || !to || !from->drv->copy_range_to)
         return vimg_error_set(err, ENOTSUP, "Copy offloading is not supported");
     return from->drv->copy_range_to(from, offset, to, dst_offset, bytes, err);
+}
+
+/* QEMU's BDRV_MAX_LENGTH: no request, VM state included, may end past it. */
+#define MAX_LENGTH UINT64_C(0x7fffffffc0000000)
+
+/*
+ * As QEMU, a layer without VM state hands the request to its file child, so
+ * a format over a qcow2 node reaches it; the protocol at the bottom has none.
+ */
+static int
+vmstate_rw(struct vimg_node *node, uint64_t offset, uint64_t bytes, void *buf, bool is_write,
+           struct vimg_error *err)
+{
+    struct iovec iov = { .iov_base = buf, .iov_len = bytes };
+    struct vimg_node *n;
+    int ret;
+
+    if (is_write && (ret = check_writable(node, err)) < 0)
+        return ret;
+    if (offset > MAX_LENGTH || bytes > MAX_LENGTH - offset)
+        return vimg_error_set(err, EIO, "VM state range 0x%llx+%llu ends past the maximum "
+                              "image length (0x%llx)", (unsigned long long)offset,
+                              (unsigned long long)bytes, (unsigned long long)MAX_LENGTH);
+    for (n = node; n; n = n->file) {
+        if (n->drv->rw_vmstate)
+            return n->drv->rw_vmstate(n, offset, bytes, &iov, 1, is_write, err);
+    }
+    return unsupported(node, "vmstate", err);
+}
+
+int
+vimg_node_pread_vmstate(struct vimg_node *node, uint64_t offset, void *buf, uint64_t bytes,
+                        struct vimg_error *err)
+{
+    return vmstate_rw(node, offset, bytes, buf, false, err);
+}
+
+int
+vimg_node_pwrite_vmstate(struct vimg_node *node, uint64_t offset, const void *buf,
+                         uint64_t bytes, struct vimg_error *err)
+{
+    return vmstate_rw(node, offset, bytes, (void *)buf, true, err);
 }

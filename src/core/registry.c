@@ -16,8 +16,11 @@ extern const struct vimg_driver vimg_nbd_driver;
 #endif
 extern const struct vimg_driver vimg_parallels_driver;
 extern const struct vimg_driver vimg_qcow2_driver;
+extern const struct vimg_driver vimg_qed_driver;
 extern const struct vimg_driver vimg_raw_driver;
+extern const struct vimg_driver vimg_vdi_driver;
 extern const struct vimg_driver vimg_vhdx_driver;
+extern const struct vimg_driver vimg_vmdk_driver;
 extern const struct vimg_driver vimg_vpc_driver;
 
 static const struct vimg_driver *const drivers[] = {
@@ -33,8 +36,11 @@ static const struct vimg_driver *const drivers[] = {
 #endif
     &vimg_parallels_driver,
     &vimg_qcow2_driver,
+    &vimg_qed_driver,
     &vimg_raw_driver,
+    &vimg_vdi_driver,
     &vimg_vhdx_driver,
+    &vimg_vmdk_driver,
     &vimg_vpc_driver,
 };
 

@@ -229,23 +229,6 @@ vhdx_probe(const uint8_t *buf, size_t len, const char *filename)
     return len >= 8 && memcmp(buf, VHDX_FILE_ID_MAGIC, 8) == 0 ? 100 : 0;
 }
 
-/* Reads [offset, +len) of the file; bytes past its end read as zeros. */
-static int
-vhdx_read_file(struct vimg_node *node, uint64_t offset, void *buf, uint64_t len,
-               struct vimg_error *err)
-{
-    int64_t file_len = vimg_node_length(node->file, err);
-    uint64_t avail;
-
-    if (file_len < 0)
-        return (int)file_len;
-    avail = offset >= (uint64_t)file_len ? 0 : (uint64_t)file_len - offset;
-    if (avail > len)
-        avail = len;
-    memset((uint8_t *)buf + avail, 0, len - avail);
-    return avail ? vimg_node_pread(node->file, offset, buf, avail, 0, err) : 0;
-}
-
 /*
  * qemu-img 7.2 gives no detail for most malformed metadata: it says "Could
  * not open 'FILE': " and the errno text. vimg says the same, so that the
@@ -276,8 +259,10 @@ vhdx_read_headers(struct vimg_node *node, struct vimg_error *err)
     bool ok[2];
     int ret;
 
-    if ((ret = vhdx_read_file(node, VHDX_HEADER1_OFFSET, h[0], VHDX_HEADER_SIZE, err)) < 0 ||
-        (ret = vhdx_read_file(node, VHDX_HEADER2_OFFSET, h[1], VHDX_HEADER_SIZE, err)) < 0)
+    if ((ret = vimg_node_pread_padded(node->file, VHDX_HEADER1_OFFSET, h[0], VHDX_HEADER_SIZE,
+                                      err)) < 0 ||
+        (ret = vimg_node_pread_padded(node->file, VHDX_HEADER2_OFFSET, h[1], VHDX_HEADER_SIZE,
+                                      err)) < 0)
         return ret;
     ok[0] = vhdx_header_is_valid(h[0]);
     ok[1] = vhdx_header_is_valid(h[1]);
@@ -368,7 +353,8 @@ vhdx_read_regions(struct vimg_node *node, struct vimg_error *err)
     if (!rt)
         return vimg_error_set(err, ENOMEM, "Out of memory");
     /* qemu-img reads the first region table only, and so does vimg. */
-    if ((ret = vhdx_read_file(node, VHDX_REGION1_OFFSET, rt, VHDX_REGION_SIZE, err)) == 0) {
+    ret = vimg_node_pread_padded(node->file, VHDX_REGION1_OFFSET, rt, VHDX_REGION_SIZE, err);
+    if (ret == 0) {
         if (memcmp(rt + VHDX_RT_OFF_SIGNATURE, "regi", 4) == 0 &&
             vhdx_checksum_ok(rt, VHDX_REGION_SIZE, VHDX_RT_OFF_CHECKSUM))
             ret = vhdx_parse_regions(node, rt, err);
@@ -788,7 +774,7 @@ vhdx_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
     int ret;
 
     (void)opts;
-    if ((ret = vhdx_read_file(node, 0, magic, sizeof(magic), err)) < 0)
+    if ((ret = vimg_node_pread_padded(node->file, 0, magic, sizeof(magic), err)) < 0)
         return ret;
     if (memcmp(magic, VHDX_FILE_ID_MAGIC, 8) != 0)
         return vimg_error_set(err, EINVAL, "Not a VHDX image");

@@ -176,23 +176,6 @@ vpc_file_length(struct vimg_node *node, struct vimg_error *err)
     return vimg_node_length(node->file, err);
 }
 
-/* Reads [offset, +len) of the file; bytes past its end read as zeros. */
-static int
-vpc_read_file(struct vimg_node *node, uint64_t offset, void *buf, uint64_t len,
-              struct vimg_error *err)
-{
-    int64_t file_len = vpc_file_length(node, err);
-    uint64_t avail;
-
-    if (file_len < 0)
-        return (int)file_len;
-    avail = offset >= (uint64_t)file_len ? 0 : (uint64_t)file_len - offset;
-    if (avail > len)
-        avail = len;
-    memset((uint8_t *)buf + avail, 0, len - avail);
-    return avail ? vimg_node_pread(node->file, offset, buf, avail, 0, err) : 0;
-}
-
 /* The footer copy at the start, else the footer at the end (fixed disks only). */
 static int
 vpc_read_footer(struct vimg_node *node, uint8_t *buf, struct vimg_error *err)
@@ -200,7 +183,7 @@ vpc_read_footer(struct vimg_node *node, uint8_t *buf, struct vimg_error *err)
     int64_t file_len;
     int ret;
 
-    if ((ret = vpc_read_file(node, 0, buf, VPC_FOOTER_SIZE, err)) < 0)
+    if ((ret = vimg_node_pread_padded(node->file, 0, buf, VPC_FOOTER_SIZE, err)) < 0)
         return ret;
     if (memcmp(buf + VPC_FOOTER_OFF_COOKIE, "conectix", 8) == 0)
         return 0;
@@ -208,8 +191,8 @@ vpc_read_footer(struct vimg_node *node, uint8_t *buf, struct vimg_error *err)
         return (int)file_len;
     if (file_len < VPC_FOOTER_SIZE)
         return vimg_error_set(err, EINVAL, "File too small for a VHD header");
-    if ((ret = vpc_read_file(node, (uint64_t)file_len - VPC_FOOTER_SIZE, buf, VPC_FOOTER_SIZE,
-                             err)) < 0)
+    if ((ret = vimg_node_pread_padded(node->file, (uint64_t)file_len - VPC_FOOTER_SIZE, buf,
+                                      VPC_FOOTER_SIZE, err)) < 0)
         return ret;
     if (memcmp(buf + VPC_FOOTER_OFF_COOKIE, "conectix", 8) != 0 ||
         vpc_be32(buf + VPC_FOOTER_OFF_DISK_TYPE) != VPC_DISK_FIXED)
@@ -351,7 +334,7 @@ vpc_open_dynamic(struct vimg_node *node, const struct vpc_footer *f, struct vimg
 
     if (f->data_offset > VPC_MAX_FILE_OFFSET - VPC_DYN_HEADER_SIZE)
         return vimg_error_set(err, EINVAL, "Error reading dynamic VHD header");
-    if ((ret = vpc_read_file(node, f->data_offset, h, sizeof(h), err)) < 0)
+    if ((ret = vimg_node_pread_padded(node->file, f->data_offset, h, sizeof(h), err)) < 0)
         return ret;
     if ((ret = vpc_check_dyn_header(node, h, err)) < 0)
         return ret;

@@ -6,9 +6,9 @@
 # several creation option sets: default 64 KiB clusters, compat=0.10, 16 KiB
 # clusters with extended L2, 4 KiB clusters, zstd compression, and raw and
 # qcow2 backing files. The sequences add compressed writes (`write -c`),
-# cluster-aligned requests and copy-on-read (-C) to the raw ones.
-# Left out until vimg does them: the VM state (`read/write -b`), shrinking,
-# sizes that are not a multiple of 512, and growing an image over a longer
+# cluster-aligned requests, copy-on-read (-C) and the VM state (`read/write
+# -b`, whose written ranges qemu-io must read back alike) to the raw ones.
+# Left out until vimg does them: shrinking, sizes that are not a multiple of 512, and growing an image over a longer
 # backing file (QEMU zeroes the new area).
 source "$(dirname "$0")/lib.sh"
 need qemu-io qemu-img python3

@@ -150,6 +150,7 @@ fix_footer win.vhd 28 s 'win ' 48 '>Q' 0x100000
 check info --image-opts driver=vpc,file.filename=win.vhd,force_size_calc=chs
 check info --image-opts driver=vpc,file.filename=dyn.vhd,force_size_calc=current_size
 check info --image-opts driver=vpc,file.filename=dyn.vhd,force_size_calc=foo
+check check dyn.vhd
 
 # mask FILE: the file with timestamps, checksums and UUIDs of its footers zeroed.
 mask() {
@@ -202,7 +203,8 @@ ops=(-c 'write -P 0x11 3M 100k' -c 'write -P 0x22 0 64k' -c 'write -P 0x33 4608k
 qemu-io -f vpc "${ops[@]}" q.vhd >/dev/null || fail "qemu-io write"
 "$VIMG_IO" -f vpc "${ops[@]}" v.vhd >/dev/null || fail "vimg-io write"
 cmp <(mask q.vhd) <(mask v.vhd) || fail "written images differ"
-qemu-img compare -f vpc -F vpc q.vhd v.vhd >/dev/null || fail "qemu-img reads the writes differently"
+qemu-img compare -f vpc -F vpc q.vhd v.vhd >/dev/null ||
+    fail "qemu-img reads the writes differently"
 check map --output=json v.vhd
 "$VIMG_IO" -f vpc -c 'read -P 0x44 2M 4M' -c 'read -P 0 6M 1M' v.vhd >/dev/null ||
     fail "vimg-io reads back differently"
@@ -229,7 +231,8 @@ for o in subformat=dynamic subformat=fixed force_size=on; do
     qemu-img compare -f raw -F vpc src.raw conv.vhd >/dev/null ||
         fail "qemu-img reads converted ($o) image differently"
     vhdiinfo conv.vhd >vi.out 2>&1 || fail "vhdiinfo refuses converted ($o) image"
-    size=$(qemu-img info -f vpc --output=json conv.vhd | sed -n 's/.*"virtual-size": \([0-9]*\).*/\1/p')
+    size=$(qemu-img info -f vpc --output=json conv.vhd |
+           sed -n 's/.*"virtual-size": \([0-9]*\).*/\1/p')
     grep -q "Media size.*: .*($size bytes)" vi.out || fail "vhdiinfo size differs ($o)"
 done
 pass

@@ -10,10 +10,14 @@ Raw final images must be byte-identical. qcow2 final images may lay their
 clusters out differently, so they must instead hold the same guest data
 (`qemu-img compare`), have the same virtual size and allocation map (`qemu-img
 map --output=json` without host offsets), and the image vimg-io wrote must
-pass `qemu-img check` with no corruption and no leak. qcow2 starting images
+pass `qemu-img check` with no corruption and no leak; where a sequence wrote
+VM state (`write -b`), reading those ranges back with qemu-io must give the
+same bytes. qcow2 starting images
 are made by `qemu-img create -f qcow2 -o OPTIONS` (optionally over a raw or
 qcow2 backing file with seeded data) and filled by qemu-io with data, zero
-and compressed clusters. Exits 1 after printing the first differences.
+and compressed clusters. With --snapshot the sequences run under -s: the tools
+make their temporary overlays in a directory of their own, which must be
+empty again when they exit. Exits 1 after printing the first differences.
 """
 import argparse
 import concurrent.futures
@@ -33,18 +37,22 @@ import gen  # noqa: E402
 SIZE_BYTES = {"1M": 1 << 20, "1000": 1000, "64k": 65536, "3M": 3 << 20}
 TIMING = re.compile(r"^(.*, \d+ ops; ).*$", re.M)
 MACHINE = re.compile(r"^(\d+,\d+),[0-9:.]+,[0-9.]+,[0-9.]+$", re.M)
+# The -s overlay's random name, in qemu-io's "Could not open '...'" messages.
+OVERLAY = re.compile(r"'[^']*/vl\.[A-Za-z0-9]{6}'")
+SUFFIX = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
 BACKING = {"raw": "backing.img", "qcow2": "backing.qcow2"}
 
 
 def normalise(text):
     text = text.replace("qemu-io", "TOOL").replace("vimg-io", "TOOL")
     text = TIMING.sub(r"\1TIME", text)
+    text = OVERLAY.sub("'OVERLAY'", text)
     return MACHINE.sub(r"\1,TIME", text)
 
 
-def run(argv, cwd=None):
+def run(argv, cwd=None, env=None):
     p = subprocess.run(argv, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
-                       timeout=60)
+                       timeout=60, env=env)
     return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
 
 
@@ -153,14 +161,53 @@ def cluster_size(create_opts):
 
 
 def run_tool(tool, d, seq, fmt):
+    """Runs one tool with TMPDIR (where -s puts its overlay) private to d."""
     main = shlex.split(seq[1])
     target = gen.image_opts(fmt) if "--image-opts" in main else gen.IMAGE
     argv = [tool] + main
     for c in seq[2:]:
         argv += ["-c", c]
     argv.append(target)
-    rc, out, err = run(argv, d)
+    tmp = d + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    rc, out, err = run(argv, d, dict(os.environ, TMPDIR=tmp))
+    left = os.listdir(tmp)
+    if left:
+        err += "left behind in TMPDIR: %s\n" % " ".join(sorted(left))
     return normalise(out), normalise(err), rc
+
+
+def cvtnum(text):
+    """qemu-io's number syntax, enough for the generated offsets; None if not one."""
+    m = re.fullmatch(r"(0[xX][0-9a-fA-F]+|\d+(?:\.\d+)?)([bkmgtpeBKMGTPE]?)", text)
+    if not m:
+        return None
+    base = int(m.group(1), 16) if m.group(1)[:2].lower() == "0x" else float(m.group(1))
+    return int(base * (1 << SUFFIX[m.group(2).lower()]))
+
+
+def vmstate_ranges(seq):
+    """The ranges `write -b` may have written (at most 4 MiB each, below 2^50)."""
+    ranges = []
+    for c in seq[2:]:
+        words = c.split()
+        if words[:1] != ["write"] or "-b" not in words or len(words) < 3:
+            continue
+        off, length = cvtnum(words[-2]), cvtnum(words[-1])
+        if off is None or length is None or off % 512 or length % 512 or off >= 1 << 50:
+            continue
+        ranges.append((off, min(length, 4 << 20)))
+    return ranges
+
+
+def vmstate_dump(d, ranges):
+    path = os.path.join(d, gen.IMAGE)
+    argv = ["qemu-io", "-r", "-U", "-f", "qcow2"]
+    for off, length in ranges:
+        argv += ["-c", "read -b -v %d %d" % (off, length)]
+    rc, out, err = run(argv + [path])
+    return normalise(out + err)
 
 
 def image_map(d):
@@ -185,8 +232,11 @@ def image_map(d):
                                                    for e in runs])
 
 
-def compare_qcow2(dq, dv):
+def compare_qcow2(dq, dv, seq):
     problems = []
+    ranges = vmstate_ranges(seq)
+    if ranges and vmstate_dump(dq, ranges) != vmstate_dump(dv, ranges):
+        problems.append("VM state differs in %s" % ranges)
     q_img, v_img = os.path.join(dq, gen.IMAGE), os.path.join(dv, gen.IMAGE)
     rc, out, err = run(["qemu-img", "check", "-U", "-f", "qcow2", v_img])
     if rc != 0:
@@ -220,7 +270,7 @@ def compare(index, seq, setup):
     if q[2] != v[2]:
         problems.append("exit status: qemu-io %d, vimg-io %d" % (q[2], v[2]))
     if setup.fmt == "qcow2":
-        problems += compare_qcow2(dq, dv)
+        problems += compare_qcow2(dq, dv, seq)
     else:
         with open(os.path.join(dq, gen.IMAGE), "rb") as fq, \
                 open(os.path.join(dv, gen.IMAGE), "rb") as fv:
@@ -243,12 +293,13 @@ def main():
     ap.add_argument("--backing", choices=["none", "raw", "qcow2"], default="none",
                     help="qcow2: the starting images have a backing file of this format")
     ap.add_argument("--only", type=int, help="run only the sequence of this index")
+    ap.add_argument("--snapshot", action="store_true", help="run every sequence under -s")
     args = ap.parse_args()
     args.vimg_io = os.path.abspath(args.vimg_io)
     os.makedirs(args.workdir, exist_ok=True)
     setup = Setup(args)
     seqs = list(enumerate(gen.generate(args.seed, args.count, args.format, setup.cluster,
-                                       args.backing != "none")))
+                                       args.backing != "none", args.snapshot)))
     if args.only is not None:
         seqs = seqs[args.only:args.only + 1]
     for size in SIZE_BYTES:

@@ -14,8 +14,14 @@ qcow2 sequences add cluster-aligned requests and compressed writes (`write
 -c`) of at most 8 clusters: qemu-io compresses up to 8 clusters of one request
 at once, and when one of them fails (it was allocated already) whether later
 ones are still written past those 8 depends on timing. They leave out what
-vimg does not do yet for qcow2 (see io-qcow2-matches-qemu-io.sh): the VM
-state (`-b`), shrinking and sizes that are not a multiple of 512.
+vimg does not do yet for qcow2 (see io-qcow2-matches-qemu-io.sh): shrinking
+and sizes that are not a multiple of 512.
+
+With --snapshot every sequence runs under -s (a temporary qcow2 overlay) and
+may open the image again with `open -s`. It then leaves out `reopen -r` and
+`-o read-only`: once QEMU fails to reopen the unlinked overlay read-only, the
+overlay's permissions are in a state that later writes and reopens depend on
+in ways vimg does not copy.
 """
 import argparse
 import random
@@ -43,12 +49,16 @@ def image_opts(fmt):
 
 
 class Gen:
-    def __init__(self, rnd, size, fmt="raw", cluster=65536, has_backing=False):
+    def __init__(self, rnd, size, fmt="raw", cluster=65536, has_backing=False,
+                 is_snapshot=False):
         self.r = rnd
+        self.is_snapshot = is_snapshot
         self.size = size
         self.fmt = fmt
         self.cluster = cluster
         self.is_qcow2 = fmt == "qcow2"
+        # What the commands reach: under -s always a qcow2 overlay.
+        self.is_qcow2_top = self.is_qcow2 or is_snapshot
         self.max_size = size    # qcow2: truncate only grows (no shrinking yet)
         self.has_backing = has_backing
 
@@ -101,7 +111,7 @@ class Gen:
         return ["-" + c for c in chosen]
 
     def read(self):
-        opts = self.flags("Cpq" if self.is_qcow2 else "bCpq")
+        opts = self.flags("bCpq")
         small = self.r.random() < 0.3
         if small:
             opts.append("-v")
@@ -123,13 +133,18 @@ class Gen:
         return " ".join([name] + opts + [self.offset()] + lens)
 
     def write(self):
-        opts = self.flags("cCfnpquz" if self.is_qcow2 else "bcCfnpquz", 0.15)
+        opts = self.flags("bcCfnpquz", 0.15)
         r = self.r.random()
         if r < 0.4:
             opts += ["-P", self.pattern()]
         elif r < 0.5:
             opts += ["-s", self.pick(["pat.bin", "empty.bin", "missing.bin", "."])]
-        return " ".join(["write"] + opts + [self.offset(), self.length()])
+        off = self.offset()
+        if "-b" in opts and off == "7E":
+            # QEMU keeps L1 indexes in 32 bits: past 2^32 L2 tables (7E with 4 KiB clusters)
+            # its VM state write wraps around onto other offsets; vimg refuses it.
+            off = "1T"
+        return " ".join(["write"] + opts + [off, self.length()])
 
     def compressed_write(self):
         """write -c of whole clusters (or up to the end of the image), sometimes misaligned."""
@@ -169,7 +184,7 @@ class Gen:
         opts = []
         if self.r.random() < 0.3:
             opts = ["-m", self.pick(["off", "full", "falloc", "metadata", "bogus"])]
-        if self.is_qcow2:
+        if self.is_qcow2_top:
             grow = self.r.randrange(0, 3 << 20) // 512 * 512
             if self.has_backing:
                 # Growing over a longer backing file must zero the new area: vimg does not.
@@ -199,7 +214,7 @@ class Gen:
         if self.r.random() < 0.3:
             # qcow2's block status runs qemu-io's event loop, which delivers a completion
             # in between if the request is done by then: a race for map and alloc.
-            out.append(self.pick(["length", "info", "help flush", "bogus"] if self.is_qcow2
+            out.append(self.pick(["length", "info", "help flush", "bogus"] if self.is_qcow2_top
                                  else ["length", "info", "map", "alloc 0", "help flush",
                                        "bogus"]))
         out.append(self.pick(["aio_flush", "aio_flush", "aio_flush", "reopen", "close",
@@ -218,17 +233,20 @@ class Gen:
             "reopen " + self.pick(["-r", "-w", "-r -w", "-c none", "-c bogus", "-c unsafe",
                                    "-o bogus=1", "-o read-only=x", "-x", "extra"]),
         ])
-        if self.is_qcow2 and cmd == "truncate 1 2":
+        if self.is_qcow2_top and cmd == "truncate 1 2":
             return "truncate %d 2" % self.max_size
         return cmd
 
     def reopen_cycle(self):
         if self.r.random() < 0.5:
             drv = "-o driver=" + self.fmt
-            return ["close", "open " + self.pick(
-                [drv + " " + IMAGE, "-r " + drv + " " + IMAGE, "-n " + drv + " "
-                 + IMAGE, IMAGE, drv, "-t bogus " + IMAGE, "nosuch.img",
-                 "-U " + drv + " " + IMAGE, "-k " + IMAGE])]
+            choices = [drv + " " + IMAGE, "-r " + drv + " " + IMAGE, "-n " + drv + " "
+                       + IMAGE, IMAGE, drv, "-t bogus " + IMAGE, "nosuch.img",
+                       "-U " + drv + " " + IMAGE, "-k " + IMAGE]
+            if self.is_snapshot:
+                choices += ["-s " + drv + " " + IMAGE, "-s " + IMAGE, "-s -r " + IMAGE,
+                            "-s nosuch.img"]
+            return ["close", "open " + self.pick(choices)]
         return ["reopen " + self.pick(["-r", "-w", "-c none", "-c writeback", "-r -c unsafe"])]
 
     def command(self):
@@ -258,10 +276,18 @@ class Gen:
 SIZE_BYTES = {"1M": 1 << 20, "1000": 1024, "64k": 65536, "3M": 3 << 20}
 
 
-def sequence(rnd, fmt="raw", cluster=65536, has_backing=False):
+def without_reopen_ro(cmd):
+    """Under -s: a reopen read-only becomes one that fails cleanly (see above)."""
+    words = cmd.split()
+    if words[:1] == ["reopen"] and ("-r" in words or "read-only" in cmd):
+        return "reopen -c none"
+    return cmd
+
+
+def sequence(rnd, fmt="raw", cluster=65536, has_backing=False, is_snapshot=False):
     size = rnd.choice(SIZES)
     main = rnd.choice(MAIN_OPTS_QCOW2 if fmt == "qcow2" else MAIN_OPTS)
-    g = Gen(rnd, SIZE_BYTES[size], fmt, cluster, has_backing)
+    g = Gen(rnd, SIZE_BYTES[size], fmt, cluster, has_backing, is_snapshot)
     cmds = []
     while len(cmds) < rnd.randrange(4, 30):
         cmds += g.command()
@@ -280,12 +306,15 @@ def sequence(rnd, fmt="raw", cluster=65536, has_backing=False):
     if rnd.random() < 0.2:
         # Left in flight: qemu-io prints the completion when it exits.
         cmds.append(g.aio()[0])
+    if is_snapshot:
+        main = "-s " + main
+        cmds = [without_reopen_ro(c) for c in cmds]
     return [size, main] + cmds
 
 
-def generate(seed, count, fmt="raw", cluster=65536, has_backing=False):
+def generate(seed, count, fmt="raw", cluster=65536, has_backing=False, is_snapshot=False):
     rnd = random.Random(seed)
-    return [sequence(rnd, fmt, cluster, has_backing) for _ in range(count)]
+    return [sequence(rnd, fmt, cluster, has_backing, is_snapshot) for _ in range(count)]
 
 
 def main():
@@ -295,8 +324,10 @@ def main():
     ap.add_argument("--format", choices=["raw", "qcow2"], default="raw")
     ap.add_argument("--cluster-size", type=int, default=65536)
     ap.add_argument("--backing", action="store_true", help="the images have a backing file")
+    ap.add_argument("--snapshot", action="store_true", help="run every sequence under -s")
     args = ap.parse_args()
-    for seq in generate(args.seed, args.count, args.format, args.cluster_size, args.backing):
+    for seq in generate(args.seed, args.count, args.format, args.cluster_size, args.backing,
+                        args.snapshot):
         print("\t".join(seq))
 
 

@@ -1,13 +1,15 @@
 /*
  * Commands about the open image as a whole: open, close, reopen, info,
  * length, map, alloc, truncate; and the opening itself, shared with main.
- * -s (snapshot) is refused: it needs a temporary qcow2 overlay that vimg
- * cannot make yet.
+ * -s (snapshot) opens the image, as qemu-io does, under a temporary qcow2
+ * overlay: the image itself is only read.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <vimg/image.h>
 
@@ -76,6 +78,19 @@ open_error(const char *filename, const char *msg)
         tool_error("can't open: %s", msg);
 }
 
+/* Copy-on-read needs a writable image: closes the one just opened when it is not. */
+static bool
+open_refuses_cor(struct io_state *s, const char *filename, unsigned flags)
+{
+    if (!s->is_cor || (flags & VIMG_OPEN_RDWR))
+        return false;
+    open_error(filename, "Can't use copy-on-read on read-only device");
+    vimg_close(s->node);
+    s->node = NULL;
+    s->is_cor = false;
+    return true;
+}
+
 int
 io_open_image(struct io_state *s, const char *filename, const char *format,
               struct vimg_opts *opts, unsigned flags)
@@ -89,18 +104,197 @@ io_open_image(struct io_state *s, const char *filename, const char *format,
         s->is_cor = false;
         return -1;
     }
-    if (s->is_cor && !(flags & VIMG_OPEN_RDWR)) {
-        open_error(filename, "Can't use copy-on-read on read-only device");
-        vimg_close(s->node);
+    if (open_refuses_cor(s, filename, flags)) {
         vimg_opts_free(opts);
-        s->node = NULL;
-        s->is_cor = false;
         return -1;
     }
     s->filename = filename ? strdup(filename) : NULL;
     s->format = format ? strdup(format) : NULL;
     s->opts = opts;
     s->flags = flags;
+    return 0;
+}
+
+/* What -s needs of the image: its format and its length, the overlay's size. */
+struct snapshot_base {
+    char *format;
+    int64_t length;
+    bool is_protocol;           /* the image is a protocol node: no format over it */
+};
+
+/* Opens the image read-only, as the overlay's backing file will be. */
+static int
+snapshot_probe_base(const char *filename, const char *format, const struct vimg_opts *opts,
+                    unsigned flags, struct snapshot_base *b, struct vimg_error *err)
+{
+    struct vimg_node *node;
+    int ret = vimg_open(&node, filename, format, opts, flags & ~VIMG_OPEN_RDWR, err);
+
+    if (ret < 0)
+        return ret;
+    b->length = vimg_node_length(node, err);
+    b->format = strdup(vimg_node_format(node));
+    b->is_protocol = !vimg_node_file(node);
+    vimg_close(node);
+    if (b->length < 0)
+        return (int)b->length;
+    if (!b->format)
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    return 0;
+}
+
+/* Creates the empty overlay as QEMU names it: vl.XXXXXX in $TMPDIR, else /var/tmp. */
+static int
+snapshot_create_overlay(int64_t length, char **name, int *fd, struct vimg_error *err)
+{
+    const char *dir = getenv("TMPDIR");
+    struct vimg_opts *opts;
+    char size[32];
+    int ret;
+
+    if (asprintf(name, "%s/vl.XXXXXX", dir ? dir : "/var/tmp") < 0) {
+        *name = NULL;
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    }
+    if ((*fd = mkstemp(*name)) < 0) {
+        int e = errno;
+        return vimg_error_set(err, e, "Could not open temporary file '%s': %s", *name,
+                              strerror(e));
+    }
+    snprintf(size, sizeof(size), "%" PRId64, length);
+    if (!(opts = vimg_opts_new()))
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    ret = vimg_opts_set(opts, "size", size, err);
+    if (ret == 0)
+        ret = vimg_create(*name, "qcow2", opts, err);
+    vimg_opts_free(opts);
+    return ret;
+}
+
+/* Copies every entry of src into dst, each path prefixed ("backing."). */
+static int
+snapshot_copy_opts(struct vimg_opts *dst, const char *prefix, const struct vimg_opts *src,
+                   struct vimg_error *err)
+{
+    for (size_t i = 0; i < vimg_opts_count(src); i++) {
+        const char *key = vimg_opts_key_at(src, i);
+        struct vimg_opts *dict = vimg_opts_dict_at(src, i);
+        char *path;
+        int ret;
+
+        if (asprintf(&path, "%s%s%s", prefix, key, dict ? "." : "") < 0)
+            return vimg_error_set(err, ENOMEM, "Out of memory");
+        if (dict)
+            ret = snapshot_copy_opts(dst, path, dict, err);
+        else if (vimg_opts_is_number(src, key))
+            ret = vimg_opts_set_number(dst, path, vimg_opts_value_at(src, i), err);
+        else
+            ret = vimg_opts_set(dst, path, vimg_opts_value_at(src, i), err);
+        free(path);
+        if (ret < 0)
+            return ret;
+    }
+    return 0;
+}
+
+/*
+ * The image as the overlay's "backing" child: what the user gave, with its
+ * format; a filename names the format's file, or a protocol node's own.
+ */
+static int
+snapshot_backing_opts(struct vimg_opts *o, const char *filename, const struct snapshot_base *b,
+                      const struct vimg_opts *opts, unsigned flags, struct vimg_error *err)
+{
+    struct vimg_opts *json;
+    int ret = opts ? snapshot_copy_opts(o, "backing.", opts, err) : 0;
+
+    if (ret == 0 && filename && strncmp(filename, "json:", 5) == 0) {
+        if (!(json = vimg_opts_new()))
+            return vimg_error_set(err, ENOMEM, "Out of memory");
+        ret = vimg_opts_parse_json(json, filename + 5, err);
+        if (ret == 0)
+            ret = snapshot_copy_opts(o, "backing.", json, err);
+        vimg_opts_free(json);
+    } else if (ret == 0 && filename) {
+        ret = vimg_opts_set(o, b->is_protocol ? "backing.filename" : "backing.file", filename,
+                            err);
+    }
+    if (ret == 0)
+        ret = vimg_opts_set_default(o, "backing.driver", b->format, err);
+    if (ret == 0 && (flags & VIMG_OPEN_FORCE_SHARE))
+        ret = vimg_opts_set(o, "backing.force-share", "on", err);
+    if (ret == 0 && (flags & VIMG_OPEN_NOCACHE))
+        ret = vimg_opts_set_default(o, "backing.cache.direct", "on", err);
+    return ret;
+}
+
+/*
+ * The overlay is reached through /proc/self/fd, so that reopen still finds
+ * it once it is unlinked.
+ */
+static struct vimg_opts *
+snapshot_overlay_opts(int fd, const char *filename, const struct snapshot_base *b,
+                      const struct vimg_opts *opts, unsigned flags, struct vimg_error *err)
+{
+    struct vimg_opts *o = vimg_opts_new();
+    char path[64];
+
+    if (!o) {
+        vimg_error_set(err, ENOMEM, "Out of memory");
+        return NULL;
+    }
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+    if (vimg_opts_set(o, "driver", "qcow2", err) < 0 ||
+        vimg_opts_set(o, "file.driver", "file", err) < 0 ||
+        vimg_opts_set(o, "file.filename", path, err) < 0 ||
+        snapshot_backing_opts(o, filename, b, opts, flags, err) < 0) {
+        vimg_opts_free(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* Takes opts. The overlay is unlinked whether or not it could be opened. */
+int
+io_open_snapshot(struct io_state *s, const char *filename, const char *format,
+                 struct vimg_opts *opts, unsigned flags)
+{
+    struct vimg_error err = { 0 };
+    struct snapshot_base b = { 0 };
+    struct vimg_opts *o = NULL;
+    /* As QEMU's, the overlay never bypasses the host cache (nor uses native aio). */
+    unsigned oflags = (flags & VIMG_OPEN_RDWR ? flags & ~VIMG_OPEN_FORCE_SHARE : flags) &
+                      ~(VIMG_OPEN_NOCACHE | VIMG_OPEN_AIO_NATIVE | VIMG_OPEN_AIO_IO_URING);
+    char *name = NULL;
+    int fd = -1;
+    int ret = snapshot_probe_base(filename, format, opts, flags, &b, &err);
+
+    if (ret == 0)
+        ret = snapshot_create_overlay(b.length, &name, &fd, &err);
+    if (ret == 0 && !(o = snapshot_overlay_opts(fd, filename, &b, opts, flags, &err)))
+        ret = -1;
+    if (ret == 0)
+        ret = vimg_open(&s->node, NULL, NULL, o, oflags, &err);
+    if (fd >= 0)
+        unlink(name);
+    free(b.format);
+    vimg_opts_free(opts);
+    if (ret < 0 || open_refuses_cor(s, filename, oflags)) {
+        if (ret < 0)
+            open_error(filename, err.msg);
+        if (fd >= 0)
+            close(fd);
+        free(name);
+        vimg_opts_free(o);
+        s->node = NULL;
+        s->is_cor = false;
+        return -1;
+    }
+    s->is_snapshot = true;
+    s->snapshot_fd = fd;
+    s->snapshot_name = name;
+    s->opts = o;
+    s->flags = oflags;
     return 0;
 }
 
@@ -111,6 +305,13 @@ io_close_image(struct io_state *s)
     vimg_close(s->node);
     s->node = NULL;
     s->is_cor = false;
+    if (s->is_snapshot) {
+        close(s->snapshot_fd);
+        free(s->snapshot_name);
+        s->snapshot_name = NULL;
+        s->is_snapshot = false;
+        s->is_snapshot_reopened = false;
+    }
     free(s->filename);
     free(s->format);
     vimg_opts_free(s->opts);
@@ -207,11 +408,8 @@ open_checked(struct io_state *s, struct open_args *a, const char *filename)
         msg = "file open already, try 'help close'";
     else if (!filename && vimg_opts_is_empty(a->opts))
         msg = "can't open: Must specify either driver or file";
-    if (msg || a->is_snapshot) {
-        if (msg)
-            tool_error("%s", msg);
-        else
-            open_error(filename, "snapshot=on is not supported by vimg-io");
+    if (msg) {
+        tool_error("%s", msg);
         vimg_opts_free(a->opts);
         return -1;
     }
@@ -220,6 +418,8 @@ open_checked(struct io_state *s, struct open_args *a, const char *filename)
         a->opts = NULL;
     }
     s->is_cor = a->is_cor;
+    if (a->is_snapshot)
+        return io_open_snapshot(s, filename, NULL, a->opts, a->flags);
     return io_open_image(s, filename, NULL, a->opts, a->flags);
 }
 
@@ -481,6 +681,11 @@ io_cmd_truncate(struct io_state *s, int argc, char **argv)
     int64_t offset;
     int c;
 
+    /* Taking the resize permission opens the -s overlay again by name, as in reopen. */
+    if (s->is_snapshot && s->is_snapshot_reopened) {
+        tool_error("Could not open '%s': %s", s->snapshot_name, strerror(ENOENT));
+        return -1;
+    }
     while ((c = getopt(argc, argv, "m:")) != -1) {
         if (c != 'm')
             return io_usage(io_find_cmd("truncate"));

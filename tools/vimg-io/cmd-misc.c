@@ -98,6 +98,23 @@ fail:
     return -1;
 }
 
+/*
+ * Whether qemu-io's reopen of the unlinked -s overlay fails: QEMU opens the
+ * file again by name (and so fails) to change read-write or to use O_DIRECT
+ * (the overlay never does), and for every reopen after one that succeeded or
+ * one that failed to change read-write. The image stays as it was.
+ */
+static bool
+snapshot_reopen_fails(struct io_state *s, unsigned flags)
+{
+    bool fails = s->is_snapshot_reopened || ((flags ^ s->flags) & VIMG_OPEN_RDWR) ||
+                 (flags & VIMG_OPEN_NOCACHE);
+
+    if (!fails || ((flags ^ s->flags) & VIMG_OPEN_RDWR))
+        s->is_snapshot_reopened = true;
+    return fails;
+}
+
 /* Opens the image again with new flags; on failure the old flags are restored. */
 static int
 reopen_image(struct io_state *s, unsigned flags)
@@ -107,6 +124,10 @@ reopen_image(struct io_state *s, unsigned flags)
     io_drain(s);
     if (flags & VIMG_OPEN_RDWR)
         flags &= ~VIMG_OPEN_FORCE_SHARE;
+    if (s->is_snapshot && snapshot_reopen_fails(s, flags)) {
+        tool_error("Could not open '%s': %s", s->snapshot_name, strerror(ENOENT));
+        return -1;
+    }
     vimg_close(s->node);
     s->node = NULL;
     /* The format was probed (and warned about) when the image was opened. */

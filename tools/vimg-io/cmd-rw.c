@@ -1,7 +1,8 @@
 /*
  * The synchronous data commands of vimg-io: read, readv, write, writev,
  * discard and flush, with qemu-io's option checks, messages and reports.
- * -b (VM state) is refused with ENOTSUP: no vimg format stores VM state.
+ * -b (read, write) reaches the VM state of the image (qcow2) instead of its
+ * disk; as in qemu-io, readv and writev have no -b.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -179,8 +180,11 @@ read_data(struct io_state *s, const struct rw_opts *o, int64_t offset, int64_t c
 {
     struct vimg_error err = { 0 };
 
-    if (o->is_vmstate)
-        return -ENOTSUP;
+    if (o->is_vmstate) {
+        if (vimg_node_pread_vmstate(s->node, (uint64_t)offset, buf, (uint64_t)count, &err) < 0)
+            return -err.errnum;
+        return 0;
+    }
     io_copy_on_read(s, offset, count);
     if (vimg_node_pread(s->node, (uint64_t)offset, buf, (uint64_t)count, 0, &err) < 0)
         return -err.errnum;
@@ -441,8 +445,8 @@ write_data(struct io_state *s, const struct rw_opts *o, int64_t offset, int64_t 
     int ret;
 
     if (o->is_vmstate)
-        return -ENOTSUP;
-    if (o->is_zero)
+        ret = vimg_node_pwrite_vmstate(s->node, (uint64_t)offset, buf, (uint64_t)count, &err);
+    else if (o->is_zero)
         ret = vimg_node_pwrite_zeroes(s->node, (uint64_t)offset, (uint64_t)count, o->flags,
                                       &err);
     else if (o->is_compressed)

@@ -29,6 +29,10 @@ struct io_state {
     bool is_image_opts;         /* --image-opts: open's path is an options string too */
     bool is_cor;                /* -C: reads copy what this layer lacks into it */
     bool is_quit;
+    bool is_snapshot;           /* -s: node is a temporary overlay over the image */
+    int snapshot_fd;            /* -s: keeps the unlinked overlay for reopen */
+    char *snapshot_name;        /* -s: the overlay's name before it was unlinked */
+    bool is_snapshot_reopened;  /* -s: further reopens fail, as qemu-io's do */
     char **pending;             /* aio results not yet delivered, in submission order */
     size_t n_pending;
 };
@@ -114,6 +118,12 @@ void io_copy_on_read(struct io_state *s, int64_t offset, int64_t bytes);
 /* Opens and records the image; prints "can't open ..." and returns -1 on failure. */
 int io_open_image(struct io_state *s, const char *filename, const char *format,
                   struct vimg_opts *opts, unsigned flags);
+/*
+ * -s: opens the image read-only under a temporary qcow2 overlay in $TMPDIR
+ * (else /var/tmp) that takes every write and is unlinked at once.
+ */
+int io_open_snapshot(struct io_state *s, const char *filename, const char *format,
+                     struct vimg_opts *opts, unsigned flags);
 void io_close_image(struct io_state *s);
 void io_warn_short_booleans(const char *str);
 

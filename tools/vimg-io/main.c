@@ -123,13 +123,10 @@ open_main_image(struct io_state *s, const struct main_args *a, const char *filen
     struct vimg_error err = { 0 };
     struct vimg_opts *opts;
 
-    if (a->is_snapshot) {
-        tool_error("can't open device %s: snapshot=on is not supported by vimg-io", filename);
-        return -1;
-    }
     s->is_cor = a->is_cor;
     if (!a->is_image_opts)
-        return io_open_image(s, filename, a->format, NULL, a->flags);
+        return a->is_snapshot ? io_open_snapshot(s, filename, a->format, NULL, a->flags)
+                              : io_open_image(s, filename, a->format, NULL, a->flags);
     if (a->format) {
         tool_error("--image-opts and -f are mutually exclusive");
         return -1;
@@ -141,6 +138,8 @@ open_main_image(struct io_state *s, const struct main_args *a, const char *filen
         vimg_opts_free(opts);
         return -1;
     }
+    if (a->is_snapshot)
+        return io_open_snapshot(s, NULL, NULL, opts, a->flags);
     return io_open_image(s, NULL, NULL, opts, a->flags);
 }
 

@@ -190,6 +190,10 @@ run_actions(const struct bitmap_args *a, struct vimg_node *node, struct vimg_nod
         if (vimg_image_bitmap(node, &op, &err) < 0) {
             tool_error("Operation %s on bitmap %s failed: %s", action_names[op.action],
                        a->bitmap, err.msg);
+            /* qemu-img's hint after its error line; vimg errors are one line. */
+            if (strstr(err.msg, "is inconsistent and cannot be used"))
+                fprintf(stderr, "Try block-dirty-bitmap-remove to delete this bitmap from "
+                        "disk\n");
             return 1;
         }
     }
@@ -199,13 +203,15 @@ run_actions(const struct bitmap_args *a, struct vimg_node *node, struct vimg_nod
 static int
 run_bitmap(const struct bitmap_args *a)
 {
-    struct vimg_node *node, *src = NULL;
+    struct vimg_node *node = NULL, *src = NULL;
     int ret = 1;
 
+    /* The source first: a failing open after the writable one would leave the image with
+       its bitmaps flagged as stale (qcow2 clears the autoclear bit on a writable open). */
+    if (a->src_file && !(src = img_open(false, a->src_file, a->src_fmt, 0, false)))
+        return 1;
     node = img_open(a->is_image_opts, a->filename, a->fmt, VIMG_OPEN_RDWR, false);
     if (!node)
-        return 1;
-    if (a->src_file && !(src = img_open(false, a->src_file, a->src_fmt, 0, false)))
         goto out;
     ret = run_actions(a, node, src);
 out:

@@ -525,14 +525,49 @@ create_target(const struct convert_args *a, struct convert *c)
     return ret == 0;
 }
 
+/*
+ * The creation options that are also open options of the new image (the
+ * secret that unlocks an encrypted target), as qemu-img passes them on.
+ */
+static struct vimg_opts *
+target_open_opts(const struct convert_args *a)
+{
+    static const char *const keys[] = { "key-secret", "encrypt.key-secret", NULL };
+    struct vimg_opts *all = vimg_opts_new(), *out = NULL;
+
+    if (!all || !a->options || vimg_opts_parse(all, a->options, NULL, NULL) < 0)
+        goto done;
+    for (int i = 0; keys[i]; i++) {
+        const char *v = vimg_opts_peek(all, keys[i]);
+        if (v && (out || (out = vimg_opts_new())))
+            vimg_opts_set(out, keys[i], v, NULL);
+    }
+done:
+    vimg_opts_free(all);
+    return out;
+}
+
 static bool
 open_target(const struct convert_args *a, struct convert *c)
 {
+    struct vimg_opts *extra = a->is_target_image_opts ? NULL : target_open_opts(a);
+    struct vimg_error err = { 0 };
     unsigned flags = VIMG_OPEN_RDWR;
 
-    if (!img_cache_flags(a->cache ? a->cache : "unsafe", &flags, false))
+    if (!img_cache_flags(a->cache ? a->cache : "unsafe", &flags, false)) {
+        vimg_opts_free(extra);
         return false;
-    c->target = img_open(a->is_target_image_opts, a->out_name, a->out_fmt, flags, a->is_quiet);
+    }
+    if (extra) {
+        if (vimg_open(&c->target, a->out_name, a->out_fmt, extra, flags, &err) < 0) {
+            tool_error_err(&err, "Could not open '%s': ", a->out_name);
+            c->target = NULL;
+        }
+        vimg_opts_free(extra);
+    } else {
+        c->target = img_open(a->is_target_image_opts, a->out_name, a->out_fmt, flags,
+                             a->is_quiet);
+    }
     if (!c->target)
         return false;
     if (a->is_compressed && !vimg_node_can_compress(c->target)) {

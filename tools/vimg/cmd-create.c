@@ -64,9 +64,67 @@ format_has_backing(const char *fmt, const char *filename)
     return has;
 }
 
+/* A relative backing file name is relative to the new image's directory. */
+static char *
+backing_path(const char *filename, const char *backing)
+{
+    const char *slash = strrchr(filename, '/');
+    char *path;
+
+    if (backing[0] == '/' || !slash || strstr(backing, "://") || strncmp(backing, "json:", 5) == 0)
+        return strdup(backing);
+    if (asprintf(&path, "%.*s/%s", (int)(slash - filename), filename, backing) < 0)
+        return NULL;
+    return path;
+}
+
+/*
+ * As qemu-img does without -u: the backing file must open, its format must
+ * be named, and it gives the size when none was.
+ */
+static int
+check_backing(const char *filename, struct vimg_opts *opts)
+{
+    const char *backing = vimg_opts_peek(opts, "backing_file");
+    const char *backing_fmt = vimg_opts_peek(opts, "backing_fmt");
+    struct vimg_error err = { 0 };
+    struct vimg_node *node = NULL;
+    char *path = backing_path(filename, backing);
+    char buf[32];
+    int64_t len;
+    int ret = -1;
+
+    if (!path)
+        return -1;
+    if (vimg_open(&node, path, backing_fmt, NULL, VIMG_OPEN_NO_BACKING | VIMG_OPEN_NO_IO,
+                  &err) < 0) {
+        tool_error("%s: %s\nCould not open backing image.", filename, err.msg);
+        goto out;
+    }
+    if (!backing_fmt) {
+        /* qemu-img's hint line has no newline at its end. */
+        fprintf(stderr, "%s: %s: Backing file specified without backing format\n"
+                "Detected format of %s.", tool_name, filename, vimg_node_format(node));
+        goto out;
+    }
+    if (!vimg_opts_has(opts, "size")) {
+        if ((len = vimg_node_length(node, &err)) < 0) {
+            tool_error("%s: %s", filename, err.msg);
+            goto out;
+        }
+        snprintf(buf, sizeof(buf), "%" PRId64, len);
+        vimg_opts_set(opts, "size", buf, NULL);
+    }
+    ret = 0;
+out:
+    vimg_close(node);
+    free(path);
+    return ret;
+}
+
 static int
 do_create(const char *filename, const char *fmt, const char *options, const char *base,
-          const char *base_fmt, int64_t size, bool is_quiet)
+          const char *base_fmt, int64_t size, bool is_quiet, bool is_unsafe)
 {
     struct vimg_error err = { 0 };
     struct vimg_opts *opts = vimg_opts_new();
@@ -98,7 +156,9 @@ do_create(const char *filename, const char *fmt, const char *options, const char
         goto fail_err;
     if (vimg_create_validate(fmt, filename, opts, &err) < 0)
         goto fail_err;
-    if (!vimg_opts_has(opts, "size") && !base) {
+    if (vimg_opts_peek(opts, "backing_file") && !is_unsafe && check_backing(filename, opts) < 0)
+        goto out;
+    if (!vimg_opts_has(opts, "size")) {
         tool_error("%s: Image creation needs a size parameter", filename);
         goto out;
     }
@@ -129,7 +189,7 @@ cmd_create(int argc, char **argv)
     };
     const char *fmt = "raw", *base = NULL, *base_fmt = NULL, *filename;
     char *options = NULL;
-    bool is_quiet = false;
+    bool is_quiet = false, is_unsafe = false;
     int64_t size = -1;
     int c, ret = 1;
 
@@ -144,7 +204,7 @@ cmd_create(int argc, char **argv)
                 goto out;
             break;
         case 'q': is_quiet = true; break;
-        case 'u': break;    /* unsafe backing: nothing is opened at creation anyway */
+        case 'u': is_unsafe = true; break;
         case OPT_OBJECT:
             if (!img_add_object(optarg))
                 goto out;
@@ -181,7 +241,7 @@ cmd_create(int argc, char **argv)
         ret = img_usage_error("Unexpected argument: %s", argv[optind]);
         goto out;
     }
-    ret = do_create(filename, fmt, options, base, base_fmt, size, is_quiet);
+    ret = do_create(filename, fmt, options, base, base_fmt, size, is_quiet, is_unsafe);
 out:
     free(options);
     return ret;

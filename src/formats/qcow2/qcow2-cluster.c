@@ -493,6 +493,31 @@ qcow2_free_entry_target(struct vimg_node *node, uint64_t entry, struct vimg_erro
  * from iov. The parts of the written (sub)clusters outside the request are
  * copied from what the guest sees there now. Caller holds s->lock.
  */
+/*
+ * Writes [start, end) of a cluster at host from buf, where [in, +len) is the
+ * guest's data and the rest copy-on-write. Like QEMU, a new cluster whose
+ * copied parts are all zeros is zeroed cheaply in the file (a hole or an
+ * unwritten extent) and only the guest's data is written.
+ */
+static int
+qcow2_write_new_cluster(struct vimg_node *node, uint64_t cl, uint64_t host, uint64_t start,
+                        uint64_t end, uint64_t in, uint64_t len, const uint8_t *buf,
+                        bool is_new, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    struct vimg_node *data = qcow2_data_node(node);
+    struct vimg_error zerr = { 0 };
+
+    /* Not past the end of the disk: QEMU copies that part as data. */
+    if (is_new && (in > start || in + len < end) && cl + end <= s->hdr.size &&
+        vimg_buffer_is_zero(buf, in - start) &&
+        vimg_buffer_is_zero(buf + (in + len - start), end - (in + len)) &&
+        vimg_node_pwrite_zeroes(data, host + start, end - start, VIMG_REQ_NO_FALLBACK,
+                                &zerr) == 0)
+        return qcow2_pwrite_file(data, host + in, buf + (in - start), len, err);
+    return qcow2_pwrite_file(data, host + start, buf, end - start, err);
+}
+
 static int
 qcow2_write_alloc(struct vimg_node *node, uint64_t cl, uint64_t in, uint64_t len,
                   const struct iovec *iov, int n_iov, struct vimg_error *err)
@@ -533,7 +558,8 @@ qcow2_write_alloc(struct vimg_node *node, uint64_t cl, uint64_t in, uint64_t len
         ret = qcow2_read_impl(node, cl + in + len, end - (in + len), &biov, 1, true, err);
     if (ret == 0) {
         qcow2_iov_copy(iov, n_iov, 0, buf + (in - start), len, false);
-        ret = qcow2_pwrite_file(qcow2_data_node(node), host + start, buf, end - start, err);
+        ret = qcow2_write_new_cluster(node, cl, host, start, end, in, len, buf, !is_reuse,
+                                      err);
     }
     free(buf);
     if (ret < 0)
@@ -756,9 +782,18 @@ qcow2_zero(struct vimg_node *node, uint64_t offset, uint64_t bytes, unsigned fla
     struct qcow2_state *s = node->state;
     int ret;
 
-    /* Version 2 has no zero flag, and a raw data file must hold the zeros itself. */
-    if ((s->hdr.version < 3 && node->backing) || s->is_data_file_raw)
+    /*
+     * Version 2 has no zero flag, and a raw data file must hold the zeros
+     * itself: the core then writes zeros as data (or, with
+     * VIMG_REQ_NO_FALLBACK, the request fails, as in QEMU). Over no backing
+     * file a version 2 image can still leave unallocated clusters alone.
+     */
+    if ((s->hdr.version < 3 && (node->backing || (flags & VIMG_REQ_NO_FALLBACK))) ||
+        s->is_data_file_raw)
         return vimg_error_set(err, ENOTSUP, "Zero writes need the data written here");
+    /* As QEMU, a request that ends the image covers its last (sub)cluster whole. */
+    if (offset + bytes >= qcow2_align_up(s->hdr.size, 512))
+        bytes = qcow2_align_up(offset + bytes, s->subcluster_size) - offset;
     pthread_mutex_lock(&s->lock);
     ret = qcow2_zero_locked(node, offset, bytes, flags & VIMG_REQ_MAY_UNMAP, err);
     pthread_mutex_unlock(&s->lock);
@@ -774,12 +809,18 @@ qcow2_discard_range(struct vimg_node *node, uint64_t offset, uint64_t bytes,
     uint64_t end = (offset + bytes) / s->cluster_size * s->cluster_size;
     int ret = 0;
 
+    /* As QEMU, the partial cluster that ends the image goes too. */
+    if (offset + bytes >= qcow2_align_up(s->hdr.size, 512))
+        end = qcow2_align_up(offset + bytes, s->cluster_size);
+
     /*
      * Only whole clusters go. A raw data file must stay the image: its range
      * becomes zeros there, as QEMU's does. A version 2 image over a backing
      * file keeps its data (it could only show the backing file's instead).
      */
     if (s->is_data_file_raw) {
+        if (end > s->hdr.size)
+            end = s->hdr.size;
         if (start >= end || !node->data_file)
             return 0;
         return vimg_node_pwrite_zeroes(node->data_file, start, end - start, VIMG_REQ_MAY_UNMAP,

@@ -211,48 +211,6 @@ qcow2_check_encryption(struct vimg_opts *opts, struct vimg_error *err)
     return vimg_error_set(err, ENOTSUP, "qcow2 encryption is not supported yet");
 }
 
-/* Checks the backing file opens (format named or probed) and takes its size if needed. */
-static int
-qcow2_check_backing(const char *filename, struct qcow2_create_params *p,
-                    struct vimg_error *err)
-{
-    struct vimg_node *b;
-    char *path = NULL, *slash;
-    int64_t len;
-    int ret;
-
-    if (!p->backing_file)
-        return 0;
-    if (p->backing_file[0] != '/' && (slash = strrchr(filename, '/')) &&
-        !strstr(p->backing_file, "://") && strncmp(p->backing_file, "json:", 5) != 0) {
-        if (asprintf(&path, "%.*s/%s", (int)(slash - filename), filename, p->backing_file) < 0)
-            return vimg_error_set(err, ENOMEM, "Out of memory");
-    }
-    ret = vimg_open(&b, path ? path : p->backing_file, p->backing_fmt, NULL,
-                    VIMG_OPEN_NO_BACKING | VIMG_OPEN_FORCE_SHARE, err);
-    free(path);
-    if (ret < 0) {
-        char msg[VIMG_ERROR_MSG_MAX];
-        snprintf(msg, sizeof(msg), "%s", err->msg);
-        return vimg_error_set(err, -ret, "%s\nCould not open backing image.", msg);
-    }
-    if (!p->backing_fmt) {
-        ret = vimg_error_set(err, EINVAL, "Backing file specified without backing format\n"
-                             "Detected format of %s.", vimg_node_format(b));
-        vimg_close(b);
-        return ret;
-    }
-    len = vimg_node_length(b, err);
-    vimg_close(b);
-    if (len < 0)
-        return (int)len;
-    if (!p->has_size) {
-        p->size = (uint64_t)len;
-        p->has_size = true;
-    }
-    return 0;
-}
-
 static uint32_t
 qcow2_put_ext(uint8_t *buf, uint32_t at, uint32_t type, const void *data, uint32_t len)
 {
@@ -423,7 +381,9 @@ qcow2_grow_new(const char *filename, const struct qcow2_create_params *p,
     vimg_opts_free(o);
     if (ret < 0)
         return ret;
-    ret = vimg_node_truncate(node, p->size, true, vimg_prealloc_name(p->prealloc), err);
+    /* As QEMU, the size is rounded up to whole sectors. */
+    ret = vimg_node_truncate(node, qcow2_align_up(p->size, 512), true,
+                             vimg_prealloc_name(p->prealloc), err);
     if (ret == 0)
         ret = vimg_node_flush(node, err);
     vimg_close(node);
@@ -438,9 +398,9 @@ qcow2_create(const char *filename, struct vimg_opts *opts, struct vimg_error *er
 
     if ((ret = qcow2_parse_params(opts, &p, err)) < 0 ||
         (ret = qcow2_check_params(&p, err)) < 0 ||
-        (ret = qcow2_check_encryption(opts, err)) < 0 ||
-        (ret = qcow2_check_backing(filename, &p, err)) < 0)
+        (ret = qcow2_check_encryption(opts, err)) < 0)
         return ret;
+    /* The backing file was checked, and gave the size, in `create` unless -u said not to. */
     if (!p.has_size)
         return vimg_error_set(err, EINVAL, "Image creation needs a size parameter");
     if ((ret = qcow2_create_storage(filename, opts, err)) < 0)

@@ -199,6 +199,7 @@ qcow2_apply_ext(struct qcow2_state *s, uint32_t type, const uint8_t *data, uint3
         if (len != 24)
             return vimg_error_set(err, EINVAL, "bitmaps_ext: Invalid extension length");
         s->has_bitmaps_ext = true;
+        s->has_valid_bitmaps = s->hdr.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS;
         s->nb_bitmaps = qcow2_be32(data);
         s->bitmaps_dir_size = qcow2_be64(data + 8);
         s->bitmaps_dir_offset = qcow2_be64(data + 16);

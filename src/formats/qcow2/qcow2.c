@@ -8,7 +8,7 @@
  * Left out for now: encryption (AES and LUKS), the VM state of internal
  * snapshots (the snapshot table is in qcow2-snapshot.c), writing persistent
  * bitmaps (the autoclear bit is cleared on a writable open, as the spec asks
- * of programs that do not update them), shrinking.
+ * of programs that do not update them). Resizing is in qcow2-resize.c.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -66,17 +66,127 @@ qcow2_load_l1(struct vimg_node *node, struct vimg_error *err)
     return ret;
 }
 
-static int
-qcow2_init_caches(struct qcow2_state *s, struct vimg_error *err)
-{
-    unsigned n = (unsigned)((4u << 20) / s->cluster_size);
+/* Runtime options (QEMU's BlockdevOptionsQcow2) as parsed; sizes in bytes, 0 = default. */
+struct qcow2_runtime_opts {
+    uint64_t cache_size, l2_cache_size, refcount_cache_size;
+};
 
-    if (n < 4)
-        n = 4;
-    if (n > 64)
+static int
+qcow2_check_overlap_opts(struct vimg_opts *opts, struct vimg_error *err)
+{
+    static const char *const modes[] = { "none", "constant", "cached", "all", NULL };
+    static const char *const kinds[] = {
+        "main-header", "active-l1", "active-l2", "refcount-table", "refcount-block",
+        "snapshot-table", "inactive-l1", "inactive-l2", "bitmap-directory", NULL,
+    };
+    struct vimg_opts *dict = vimg_opts_get_dict(opts, "overlap-check");
+    const char *mode = dict ? vimg_opts_get(dict, "template") : vimg_opts_get(opts,
+                                                                               "overlap-check");
+    bool flag;
+    int ret, i;
+
+    for (i = 0; mode && modes[i] && strcmp(mode, modes[i]) != 0; i++)
+        ;
+    if (mode && !modes[i])
+        return vimg_error_set(err, EINVAL, "Unsupported value '%s' for qcow2 option '%s'. "
+                              "Allowed are any of the following: none, constant, cached, all",
+                              mode, "overlap-check");
+    for (i = 0; dict && kinds[i]; i++)
+        if ((ret = vimg_opts_get_bool(dict, kinds[i], false, &flag, err)) < 0)
+            return ret;
+    return 0;
+}
+
+/* Keys QEMU accepts that change nothing here: validated, then ignored. */
+static int
+qcow2_check_ignored_opts(struct qcow2_state *s, struct vimg_opts *opts, struct vimg_error *err)
+{
+    static const char *const bools[] = {
+        "lazy-refcounts", "pass-discard-request", "pass-discard-snapshot",
+        "pass-discard-other", NULL,
+    };
+    struct vimg_opts *enc = vimg_opts_get_dict(opts, "encrypt");
+    const char *fmt = enc ? vimg_opts_get(enc, "format") : NULL;
+    uint64_t v;
+    bool flag;
+    int ret;
+
+    for (int i = 0; bools[i]; i++)
+        if ((ret = vimg_opts_get_bool(opts, bools[i], false, &flag, err)) < 0)
+            return ret;
+    if (vimg_opts_get_bool(opts, "lazy-refcounts", false, &flag, NULL) == 0 && flag &&
+        s->hdr.version < 3)
+        return vimg_error_set(err, EINVAL, "Lazy refcounts require a qcow2 image with at "
+                              "least qemu 1.1 compatibility level");
+    if ((ret = vimg_opts_get_number(opts, "cache-clean-interval", 0, &v, err)) < 0)
+        return ret;
+    if (v > UINT32_MAX)
+        return vimg_error_set(err, EINVAL, "Cache clean interval too big");
+    if ((ret = vimg_opts_get_size(opts, "l2-cache-entry-size", s->cluster_size, &v, err)) < 0)
+        return ret;
+    if (v < 512 || v > s->cluster_size || (v & (v - 1)))
+        return vimg_error_set(err, EINVAL, "L2 cache entry size must be a power of two "
+                              "between 512 and the cluster size (%" PRIu32 ")",
+                              s->cluster_size);
+    if (fmt && s->hdr.crypt_method == 0)
+        return vimg_error_set(err, EINVAL, "No encryption in image header, but options "
+                              "specified format '%s'", fmt);
+    for (size_t i = 0; enc && i < vimg_opts_count(enc); i++)
+        (void)vimg_opts_get(enc, vimg_opts_key_at(enc, i));
+    return qcow2_check_overlap_opts(opts, err);
+}
+
+static int
+qcow2_parse_cache_opts(struct vimg_opts *opts, struct qcow2_runtime_opts *r,
+                       struct vimg_error *err)
+{
+    bool has_all = vimg_opts_has(opts, "cache-size");
+    bool has_l2 = vimg_opts_has(opts, "l2-cache-size");
+    bool has_rc = vimg_opts_has(opts, "refcount-cache-size");
+    int ret;
+
+    if ((ret = vimg_opts_get_size(opts, "cache-size", 0, &r->cache_size, err)) < 0 ||
+        (ret = vimg_opts_get_size(opts, "l2-cache-size", 0, &r->l2_cache_size, err)) < 0 ||
+        (ret = vimg_opts_get_size(opts, "refcount-cache-size", 0, &r->refcount_cache_size,
+                                  err)) < 0)
+        return ret;
+    if (has_all && has_l2 && has_rc)
+        return vimg_error_set(err, EINVAL, "cache-size, l2-cache-size and refcount-cache-size "
+                              "may not be set at the same time");
+    if (has_all && has_l2 && r->l2_cache_size > r->cache_size)
+        return vimg_error_set(err, EINVAL, "l2-cache-size may not exceed cache-size");
+    if (has_all && has_rc && r->refcount_cache_size > r->cache_size)
+        return vimg_error_set(err, EINVAL, "refcount-cache-size may not exceed cache-size");
+    if (has_all && has_l2)
+        r->refcount_cache_size = r->cache_size - r->l2_cache_size;
+    else if (has_all && has_rc)
+        r->l2_cache_size = r->cache_size - r->refcount_cache_size;
+    else if (has_all)
+        r->l2_cache_size = r->cache_size;
+    return 0;
+}
+
+/* Tables per cache: the sizes asked for (at least QEMU's minimums), else ours. */
+static unsigned
+qcow2_cache_entries(const struct qcow2_state *s, uint64_t bytes, unsigned min)
+{
+    uint64_t n = bytes ? bytes / s->cluster_size : (4u << 20) / s->cluster_size;
+
+    if (!bytes && n > 64)
         n = 64;
-    if (qcow2_cache_init(&s->l2_cache, n, s->cluster_size) < 0 ||
-        qcow2_cache_init(&s->rb_cache, n, s->cluster_size) < 0)
+    if (n > 65536)
+        n = 65536;
+    return n < min ? min : (unsigned)n;
+}
+
+static int
+qcow2_init_caches(struct qcow2_state *s, const struct qcow2_runtime_opts *r,
+                  struct vimg_error *err)
+{
+    if (qcow2_cache_init(&s->l2_cache, qcow2_cache_entries(s, r->l2_cache_size, 4),
+                         s->cluster_size) < 0 ||
+        qcow2_cache_init(&s->rb_cache, qcow2_cache_entries(s, r->refcount_cache_size, 4),
+                         s->cluster_size) < 0)
         return vimg_error_set(err, ENOMEM, "Out of memory");
     return 0;
 }
@@ -123,6 +233,7 @@ qcow2_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
            struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
+    struct qcow2_runtime_opts r = { 0 };
     int ret;
 
     pthread_mutex_init(&s->lock, NULL);
@@ -137,7 +248,9 @@ qcow2_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
     node->is_dirty = s->is_dirty;
     if ((ret = qcow2_load_l1(node, err)) < 0 ||
         (ret = qcow2_load_refcount_table(node, err)) < 0 ||
-        (ret = qcow2_init_caches(s, err)) < 0 ||
+        (ret = qcow2_check_ignored_opts(s, opts, err)) < 0 ||
+        (ret = qcow2_parse_cache_opts(opts, &r, err)) < 0 ||
+        (ret = qcow2_init_caches(s, &r, err)) < 0 ||
         (ret = qcow2_open_data_file(node, opts, flags, err)) < 0)
         goto fail;
     if (s->is_data_file_raw && node->backing_filename) {
@@ -261,31 +374,12 @@ qcow2_block_status(struct vimg_node *node, uint64_t offset, uint64_t bytes,
         bs->flags = VIMG_BS_ALLOCATED | VIMG_BS_DATA | VIMG_BS_COMPRESSED;
         break;
     case QCOW2_NORMAL:
-        bs->flags = VIMG_BS_ALLOCATED | VIMG_BS_DATA | VIMG_BS_OFFSET_VALID;
+        /* Preallocated metadata can point at holes: let the core ask the file. */
+        bs->flags = VIMG_BS_ALLOCATED | VIMG_BS_DATA | VIMG_BS_OFFSET_VALID | VIMG_BS_RECURSE;
         bs->offset = m.host_offset;
         bs->file = qcow2_data_node(node);
         break;
     }
-    return 0;
-}
-
-static int
-qcow2_truncate_locked(struct vimg_node *node, uint64_t size, struct vimg_error *err)
-{
-    struct qcow2_state *s = node->state;
-    uint64_t cover = (uint64_t)s->l2_entries * s->cluster_size;
-    uint8_t buf[8];
-    int ret;
-
-    if (size < s->hdr.size)
-        return vimg_error_set(err, ENOTSUP, "qcow2 images cannot be shrunk yet (from %" PRIu64
-                              " to %" PRIu64 " bytes)", s->hdr.size, size);
-    if ((ret = qcow2_grow_l1(node, size / cover + (size % cover ? 1 : 0), err)) < 0)
-        return ret;
-    qcow2_put_be64(buf, size);
-    if ((ret = qcow2_write_header_field(node, QCOW2_OFF_SIZE, buf, 8, err)) < 0)
-        return ret;
-    s->hdr.size = size;
     return 0;
 }
 
@@ -318,9 +412,7 @@ qcow2_truncate(struct vimg_node *node, uint64_t size, bool is_exact, int preallo
     int ret;
 
     (void)is_exact;
-    pthread_mutex_lock(&s->lock);
-    ret = qcow2_truncate_locked(node, size, err);
-    pthread_mutex_unlock(&s->lock);
+    ret = qcow2_resize(node, size, prealloc, err);
     if (ret == 0 && prealloc != VIMG_PREALLOC_OFF && size > old_size)
         ret = qcow2_preallocate_metadata(node, old_size, size - old_size, err);
     if (ret == 0 && (prealloc != VIMG_PREALLOC_OFF || s->has_data_file))
@@ -468,4 +560,6 @@ const struct vimg_driver vimg_qcow2_driver = {
     .snapshot_create = qcow2_snapshot_create,
     .snapshot_apply = qcow2_snapshot_apply,
     .snapshot_delete = qcow2_snapshot_delete,
+    .bitmap = qcow2_bitmap,
+    .rw_vmstate = qcow2_rw_vmstate,
 };

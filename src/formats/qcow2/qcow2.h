@@ -157,6 +157,7 @@ struct qcow2_state {
     bool is_corrupt;
     bool is_dirty;                  /* as opened */
     bool has_bitmaps_ext;
+    bool has_valid_bitmaps;         /* autoclear bit 0 as opened, or as we last wrote it */
     uint8_t compression_type;
     char *data_file_name;           /* from the header extension, or NULL */
     char *backing_format;
@@ -335,6 +336,13 @@ int qcow2_snapshot_apply(struct vimg_node *node, const char *id_or_name,
                          struct vimg_error *err);
 int qcow2_snapshot_delete(struct vimg_node *node, const char *id, const char *name,
                           struct vimg_error *err);
+
+/* qcow2-vmstate.c: the driver's rw_vmstate op; takes s->lock. */
+int qcow2_rw_vmstate(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                     const struct iovec *iov, int n_iov, bool is_write, struct vimg_error *err);
+
+/* qcow2-bitmap.c: the driver's bitmap op; takes s->lock. */
+int qcow2_bitmap(struct vimg_node *node, const struct vimg_bitmap_op *op, struct vimg_error *err);
 
 /* qcow2-check.c */
 int qcow2_check(struct vimg_node *node, int fix, struct vimg_check_result *result,

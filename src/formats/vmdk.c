@@ -1,0 +1,1571 @@
+/*
+ * The vmdk format: VMware virtual disks as libyal/libvmdk's "VMWare Virtual
+ * Disk Format (VMDK)" describes them (SPARSE.md, "VMDK"): text descriptor
+ * files, hosted sparse extents ("KDMV", versions 1-3, with grain markers and
+ * deflate-compressed grains for streamOptimized), VMware 3 sparse extents
+ * ("COWD"), flat and zero extents, and the parent chain through
+ * parentFileNameHint.
+ *
+ * Creation writes monolithicSparse, monolithicFlat, twoGbMaxExtentSparse,
+ * twoGbMaxExtentFlat and streamOptimized images laid out as qemu-img 7.2 lays
+ * them out. Writes allocate grains at the end of the extent file and update
+ * the grain table (and its redundant copy) after the data; a compressed
+ * extent takes each grain once, compressed, as a stream.
+ *
+ * Left out: SESparse, `check`, snapshots and resizing.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include <zlib.h>
+
+#include "core/driver.h"
+
+#define VMDK_SECTOR             512
+#define VMDK_MAX_DESC_SIZE      (UINT64_C(2) << 20)
+
+/* Hosted sparse extent header (spec "VMDK sparse extent header"). */
+#define VMDK4_MAGIC             0x564d444bu     /* "KDMV" */
+#define VMDK4_OFF_MAGIC         0
+#define VMDK4_OFF_VERSION       4
+#define VMDK4_OFF_FLAGS         8
+#define VMDK4_OFF_CAPACITY      12      /* LE64, sectors */
+#define VMDK4_OFF_GRAIN         20      /* LE64, sectors */
+#define VMDK4_OFF_DESC_OFFSET   28      /* LE64, sectors */
+#define VMDK4_OFF_DESC_SIZE     36      /* LE64, sectors */
+#define VMDK4_OFF_N_GTES        44      /* LE32 */
+#define VMDK4_OFF_RGD_OFFSET    48      /* LE64, sectors */
+#define VMDK4_OFF_GD_OFFSET     56      /* LE64, sectors */
+#define VMDK4_OFF_OVERHEAD      64      /* LE64, sectors */
+#define VMDK4_OFF_UNCLEAN       72      /* u8 */
+#define VMDK4_OFF_NL_TEST       73      /* "\n \r\n" */
+#define VMDK4_OFF_COMPRESS      77      /* LE16 */
+#define VMDK4_HEADER_SIZE       79
+
+#define VMDK4_FLAG_NL_TEST      0x00001u
+#define VMDK4_FLAG_RGD          0x00002u
+#define VMDK4_FLAG_ZERO_GRAIN   0x00004u
+#define VMDK4_FLAG_COMPRESS     0x10000u
+#define VMDK4_FLAG_MARKER       0x20000u
+#define VMDK4_COMPRESS_DEFLATE  1
+#define VMDK4_GD_AT_END         UINT64_MAX
+
+/* Grain marker (spec "Stream optimized sparse extent"): LE64 lba, LE32 size, data. */
+#define VMDK_MARKER_OFF_LBA     0
+#define VMDK_MARKER_OFF_SIZE    8
+#define VMDK_MARKER_OFF_TYPE    12
+#define VMDK_MARKER_HEADER      12
+#define VMDK_MARKER_FOOTER      3
+
+/* VMware 3 sparse extent header ("COWD"). */
+#define VMDK3_MAGIC             0x44574f43u     /* "COWD" */
+#define VMDK3_OFF_CAPACITY      12      /* LE32, sectors */
+#define VMDK3_OFF_GRAIN         16      /* LE32, sectors */
+#define VMDK3_OFF_GD_OFFSET     20      /* LE32, sectors */
+#define VMDK3_OFF_N_GD          24      /* LE32 */
+#define VMDK3_N_GTES            4096
+
+/* Limits as qemu-img 7.2 enforces them. */
+#define VMDK_MAX_GRAIN_SECTORS  (UINT64_C(1) << 16)
+#define VMDK_MAX_N_GTES         512
+#define VMDK_MAX_L1_ENTRIES     (UINT64_C(512) * 1024 * 1024 / 4)
+#define VMDK_GTE_ZERO           1u
+
+#define VMDK_CREATE_GRAIN       128     /* sectors */
+#define VMDK_CREATE_N_GTES      512
+#define VMDK_CREATE_DESC_SECTORS 20
+#define VMDK_SPLIT_SECTORS      (UINT64_C(2) << 30 >> 9)
+#define VMDK_MAX_CID_TRIES      1
+
+enum vmdk_extent_type {
+    VMDK_EXTENT_FLAT,
+    VMDK_EXTENT_ZERO,
+    VMDK_EXTENT_SPARSE,
+};
+
+struct vmdk_extent {
+    enum vmdk_extent_type type;
+    struct vimg_node *file;         /* node->file or an owned child */
+    bool is_owned;
+    char *type_name;                /* as the descriptor spells it; "" when none */
+    uint64_t n_sectors;
+    uint64_t end;                   /* bytes: where the extent ends in the disk */
+    uint64_t flat_offset;           /* bytes, FLAT */
+    /* SPARSE */
+    bool is_cowd;
+    bool is_compressed;
+    bool has_markers;
+    bool has_zero_grain;
+    uint64_t grain_size;            /* bytes */
+    uint32_t n_gtes;                /* grain table entries per grain table */
+    uint64_t n_gd;                  /* grain directory entries */
+    uint32_t *gd;                   /* sector offsets of the grain tables */
+    uint32_t *rgd;                  /* redundant directory, or NULL */
+    uint32_t *gt;                   /* cache: one grain table */
+    uint64_t gt_index;              /* which one; UINT64_MAX = none */
+    uint64_t next_sector;           /* allocation point in the extent file */
+};
+
+struct vmdk_desc {
+    uint32_t cid;
+    uint32_t parent_cid;
+    char create_type[64];
+    char parent_hint[512];
+    bool has_parent;
+};
+
+struct vmdk_state {
+    pthread_mutex_t lock;           /* protects the extents' caches and allocation */
+    struct vmdk_extent *extents;
+    size_t n_extents;
+    struct vmdk_desc desc;
+    uint64_t size;
+};
+
+static uint16_t
+vmdk_le16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | p[1] << 8);
+}
+
+static uint32_t
+vmdk_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t
+vmdk_le64(const uint8_t *p)
+{
+    return (uint64_t)vmdk_le32(p) | (uint64_t)vmdk_le32(p + 4) << 32;
+}
+
+static void
+vmdk_put_le16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static void
+vmdk_put_le32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void
+vmdk_put_le64(uint8_t *p, uint64_t v)
+{
+    vmdk_put_le32(p, (uint32_t)v);
+    vmdk_put_le32(p + 4, (uint32_t)(v >> 32));
+}
+
+static bool
+vmdk_is_descriptor_text(const uint8_t *buf, size_t len)
+{
+    static const char sig[] = "# Disk DescriptorFile";
+
+    return len >= sizeof(sig) - 1 && memcmp(buf, sig, sizeof(sig) - 1) == 0;
+}
+
+static int
+vmdk_probe(const uint8_t *buf, size_t len, const char *filename)
+{
+    uint32_t magic;
+
+    (void)filename;
+    if (len < 4)
+        return 0;
+    magic = vmdk_le32(buf);
+    if (magic == VMDK4_MAGIC || magic == VMDK3_MAGIC)
+        return 100;
+    return vmdk_is_descriptor_text(buf, len) ? 100 : 0;
+}
+
+/* Descriptor text */
+
+/* The value of "key=value" or "key = "value"" in line, unquoted, or NULL. */
+static bool
+vmdk_desc_value(const char *line, const char *key, char *out, size_t out_size)
+{
+    size_t klen = strlen(key), n;
+    const char *p = line;
+
+    if (strncmp(p, key, klen) != 0)
+        return false;
+    p += klen;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (*p++ != '=')
+        return false;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (*p == '"') {
+        const char *q = strchr(++p, '"');
+        n = q ? (size_t)(q - p) : strlen(p);
+    } else {
+        n = strcspn(p, " \t\r");
+    }
+    if (n >= out_size)
+        n = out_size - 1;
+    memcpy(out, p, n);
+    out[n] = '\0';
+    return true;
+}
+
+static uint32_t
+vmdk_parse_cid(const char *s)
+{
+    return (uint32_t)strtoul(s, NULL, 16);
+}
+
+static void
+vmdk_parse_desc_line(const char *line, struct vmdk_desc *d)
+{
+    char v[512];
+
+    if (vmdk_desc_value(line, "CID", v, sizeof(v)))
+        d->cid = vmdk_parse_cid(v);
+    else if (vmdk_desc_value(line, "parentCID", v, sizeof(v)))
+        d->parent_cid = vmdk_parse_cid(v);
+    else if (vmdk_desc_value(line, "createType", v, sizeof(d->create_type)))
+        memcpy(d->create_type, v, strlen(v) + 1);
+    else if (vmdk_desc_value(line, "parentFileNameHint", v, sizeof(v))) {
+        snprintf(d->parent_hint, sizeof(d->parent_hint), "%s", v);
+        d->has_parent = v[0] != '\0';
+    }
+}
+
+/*
+ * Calls fn for each line of text (len bytes, NUL bytes end it); lines are
+ * copied into a bounded buffer so the parsers see C strings.
+ */
+static int
+vmdk_desc_lines(const char *text, size_t len,
+                int (*fn)(const char *line, void *ctx), void *ctx)
+{
+    char line[1024];
+    size_t pos = 0;
+
+    while (pos < len && text[pos]) {
+        size_t n = 0;
+        int ret;
+
+        while (pos < len && text[pos] && text[pos] != '\n') {
+            if (n < sizeof(line) - 1)
+                line[n++] = text[pos];
+            pos++;
+        }
+        if (pos < len && text[pos] == '\n')
+            pos++;
+        while (n && line[n - 1] == '\r')
+            n--;
+        line[n] = '\0';
+        if ((ret = fn(line, ctx)) < 0)
+            return ret;
+    }
+    return 0;
+}
+
+static int
+vmdk_desc_line_cb(const char *line, void *ctx)
+{
+    vmdk_parse_desc_line(line, ctx);
+    return 0;
+}
+
+static void
+vmdk_parse_desc(const char *text, size_t len, struct vmdk_desc *d)
+{
+    memset(d, 0, sizeof(*d));
+    d->parent_cid = UINT32_MAX;
+    (void)vmdk_desc_lines(text, len, vmdk_desc_line_cb, d);
+}
+
+/* Extents */
+
+static struct vmdk_extent *
+vmdk_add_extent(struct vmdk_state *s, struct vimg_error *err)
+{
+    struct vmdk_extent *e;
+
+    e = realloc(s->extents, (s->n_extents + 1) * sizeof(*e));
+    if (!e) {
+        vimg_error_set(err, ENOMEM, "Out of memory");
+        return NULL;
+    }
+    s->extents = e;
+    e = &s->extents[s->n_extents++];
+    memset(e, 0, sizeof(*e));
+    e->gt_index = UINT64_MAX;
+    return e;
+}
+
+static void
+vmdk_free_extent(struct vmdk_extent *e)
+{
+    if (e->is_owned)
+        vimg_close(e->file);
+    free(e->type_name);
+    free(e->gd);
+    free(e->rgd);
+    free(e->gt);
+}
+
+static int
+vmdk_load_dir(struct vmdk_extent *e, uint64_t sector, uint32_t **out, struct vimg_error *err)
+{
+    uint64_t bytes = e->n_gd * 4, offset;
+    uint8_t *raw;
+    uint32_t *dir;
+    int ret;
+
+    if (__builtin_mul_overflow(sector, VMDK_SECTOR, &offset))
+        return vimg_error_set(err, EINVAL, "Grain directory offset is too large");
+    raw = malloc(bytes + 1);
+    dir = malloc(bytes + 1);
+    if (!raw || !dir) {
+        free(raw);
+        free(dir);
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    }
+    ret = vimg_node_pread_padded(e->file, offset, raw, bytes, err);
+    for (uint64_t i = 0; ret == 0 && i < e->n_gd; i++)
+        dir[i] = vmdk_le32(raw + i * 4);
+    free(raw);
+    if (ret < 0) {
+        free(dir);
+        return ret;
+    }
+    *out = dir;
+    return 0;
+}
+
+/* Sizes the grain directory and loads it; l1 bounds before any allocation. */
+static int
+vmdk_setup_sparse(struct vmdk_extent *e, uint64_t gd_sector, uint64_t rgd_sector,
+                  struct vimg_error *err)
+{
+    uint64_t grain_sectors = e->grain_size / VMDK_SECTOR;
+    uint64_t per_gt = (uint64_t)e->n_gtes * grain_sectors;
+    int64_t file_len;
+    int ret;
+
+    e->n_gd = e->n_sectors / per_gt + (e->n_sectors % per_gt != 0);
+    if (e->n_gd > VMDK_MAX_L1_ENTRIES)
+        return vimg_error_set(err, EFBIG, "L1 size too big");
+    if (e->n_sectors > INT64_MAX / VMDK_SECTOR)
+        return vimg_error_set(err, EINVAL, "Image capacity %" PRIu64 " sectors is too large",
+                              e->n_sectors);
+    if (!(e->gt = malloc((size_t)e->n_gtes * 4)))
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    if ((ret = vmdk_load_dir(e, gd_sector, &e->gd, err)) < 0)
+        return ret;
+    if (rgd_sector && (ret = vmdk_load_dir(e, rgd_sector, &e->rgd, err)) < 0)
+        return ret;
+    if ((file_len = vimg_node_length(e->file, err)) < 0)
+        return (int)file_len;
+    e->next_sector = ((uint64_t)file_len + VMDK_SECTOR - 1) / VMDK_SECTOR;
+    return 0;
+}
+
+static int
+vmdk_open_cowd(struct vmdk_extent *e, const uint8_t *h, struct vimg_error *err)
+{
+    uint64_t grain = vmdk_le32(h + VMDK3_OFF_GRAIN);
+
+    e->is_cowd = true;
+    e->n_sectors = vmdk_le32(h + VMDK3_OFF_CAPACITY);
+    if (grain == 0 || grain > VMDK_MAX_GRAIN_SECTORS || (grain & (grain - 1)))
+        return vimg_error_set(err, EINVAL, "Invalid granularity, image may be corrupt");
+    e->grain_size = grain * VMDK_SECTOR;
+    e->n_gtes = VMDK3_N_GTES;
+    return vmdk_setup_sparse(e, vmdk_le32(h + VMDK3_OFF_GD_OFFSET), 0, err);
+}
+
+/* A streamOptimized extent keeps its real header in the footer at the end. */
+static int
+vmdk_read_footer(struct vmdk_extent *e, uint8_t *h, struct vimg_error *err)
+{
+    int64_t len = vimg_node_length(e->file, err);
+    uint8_t buf[2 * VMDK_SECTOR];
+    int ret;
+
+    if (len < 0)
+        return (int)len;
+    if (len < 3 * VMDK_SECTOR)
+        return vimg_error_set(err, EINVAL, "File truncated, expecting at least %d bytes",
+                              3 * VMDK_SECTOR);
+    if ((ret = vimg_node_pread_padded(e->file, (uint64_t)len - 3 * VMDK_SECTOR, buf,
+                                      sizeof(buf), err)) < 0)
+        return ret;
+    if (vmdk_le32(buf + VMDK_MARKER_OFF_TYPE) != VMDK_MARKER_FOOTER ||
+        vmdk_le32(buf + VMDK_SECTOR) != VMDK4_MAGIC)
+        return vimg_error_set(err, EINVAL, "Invalid footer");
+    memcpy(h, buf + VMDK_SECTOR, VMDK_SECTOR);
+    return 0;
+}
+
+static int
+vmdk_open_kdmv(struct vmdk_extent *e, uint8_t *h, struct vimg_error *err)
+{
+    uint32_t version = vmdk_le32(h + VMDK4_OFF_VERSION), flags;
+    uint64_t grain, gd, rgd;
+    int ret;
+
+    if (vmdk_le64(h + VMDK4_OFF_GD_OFFSET) == VMDK4_GD_AT_END &&
+        (ret = vmdk_read_footer(e, h, err)) < 0)
+        return ret;
+    if (version > 3)
+        return vimg_error_set(err, ENOTSUP, "Unsupported VMDK version %" PRIu32, version);
+    flags = vmdk_le32(h + VMDK4_OFF_FLAGS);
+    e->n_sectors = vmdk_le64(h + VMDK4_OFF_CAPACITY);
+    grain = vmdk_le64(h + VMDK4_OFF_GRAIN);
+    if (grain == 0 || grain > VMDK_MAX_GRAIN_SECTORS || (grain & (grain - 1)))
+        return vimg_error_set(err, EINVAL, "Invalid granularity, image may be corrupt");
+    e->grain_size = grain * VMDK_SECTOR;
+    e->n_gtes = vmdk_le32(h + VMDK4_OFF_N_GTES);
+    if (e->n_gtes == 0 || e->n_gtes > VMDK_MAX_N_GTES)
+        return vimg_error_set(err, EINVAL, "L2 table size too big");
+    e->is_compressed = (flags & VMDK4_FLAG_COMPRESS) &&
+                       vmdk_le16(h + VMDK4_OFF_COMPRESS) == VMDK4_COMPRESS_DEFLATE;
+    e->has_markers = flags & VMDK4_FLAG_MARKER;
+    e->has_zero_grain = flags & VMDK4_FLAG_ZERO_GRAIN;
+    gd = vmdk_le64(h + VMDK4_OFF_GD_OFFSET);
+    rgd = (flags & VMDK4_FLAG_RGD) ? vmdk_le64(h + VMDK4_OFF_RGD_OFFSET) : 0;
+    return vmdk_setup_sparse(e, gd, rgd, err);
+}
+
+/* Opens the sparse extent in e->file; desc receives its embedded descriptor when asked. */
+static int
+vmdk_open_sparse(struct vmdk_extent *e, struct vmdk_desc *desc, struct vimg_error *err)
+{
+    uint8_t h[VMDK_SECTOR];
+    int ret;
+
+    if ((ret = vimg_node_pread_padded(e->file, 0, h, sizeof(h), err)) < 0)
+        return ret;
+    e->type = VMDK_EXTENT_SPARSE;
+    if (vmdk_le32(h + VMDK4_OFF_MAGIC) == VMDK3_MAGIC)
+        return vmdk_open_cowd(e, h, err);
+    if (vmdk_le32(h + VMDK4_OFF_MAGIC) != VMDK4_MAGIC)
+        return vimg_error_set(err, EINVAL, "Invalid magic number in sparse extent '%s'",
+                              e->file->filename);
+    if (desc) {
+        uint64_t off = vmdk_le64(h + VMDK4_OFF_DESC_OFFSET);
+        uint64_t size = vmdk_le64(h + VMDK4_OFF_DESC_SIZE);
+        char *text;
+
+        vmdk_parse_desc("", 0, desc);
+        if (size > VMDK_MAX_DESC_SIZE / VMDK_SECTOR || off > UINT64_MAX / VMDK_SECTOR)
+            return vimg_error_set(err, EFBIG, "File too large");
+        if (off && size) {
+            if (!(text = malloc(size * VMDK_SECTOR)))
+                return vimg_error_set(err, ENOMEM, "Out of memory");
+            ret = vimg_node_pread_padded(e->file, off * VMDK_SECTOR, text,
+                                         size * VMDK_SECTOR, err);
+            if (ret == 0)
+                vmdk_parse_desc(text, size * VMDK_SECTOR, desc);
+            free(text);
+            if (ret < 0)
+                return ret;
+        }
+    }
+    return vmdk_open_kdmv(e, h, err);
+}
+
+struct vmdk_parse_ctx {
+    struct vimg_node *node;
+    unsigned flags;
+    struct vimg_error *err;
+};
+
+static int
+vmdk_open_extent_file(struct vmdk_parse_ctx *c, struct vmdk_extent *e, const char *name)
+{
+    struct vimg_opts *o = vimg_opts_new();
+    int ret;
+
+    if (!o)
+        return vimg_error_set(c->err, ENOMEM, "Out of memory");
+    ret = vimg_open_child(&e->file, c->node, "extent", name, NULL, o,
+                          (c->flags & VIMG_OPEN_RDWR) | VIMG_OPEN_PROTOCOL, c->err);
+    vimg_opts_free(o);
+    if (ret < 0) {
+        vimg_error_prefix(c->err, "Could not open '%s': ", name);
+        return ret;
+    }
+    e->is_owned = true;
+    return 0;
+}
+
+/* RW|RDONLY|NOACCESS <sectors> <type> "<file>" [<offset>] */
+static int
+vmdk_parse_extent_line(const char *line, void *ctx)
+{
+    struct vmdk_parse_ctx *c = ctx;
+    struct vmdk_state *s = c->node->state;
+    char access[11], type[11], name[512];
+    long long sectors, offset = 0;
+    struct vmdk_extent *e;
+    int n, ret;
+
+    n = sscanf(line, "%10s %lld %10s \"%511[^\n\r\"]\" %lld", access, &sectors, type, name,
+               &offset);
+    if (n < 4 || (strcmp(access, "RW") && strcmp(access, "RDONLY") &&
+                  strcmp(access, "NOACCESS")))
+        return 0;
+    if (sectors <= 0 || offset < 0 || (uint64_t)sectors > UINT64_MAX / VMDK_SECTOR ||
+        (uint64_t)offset > UINT64_MAX / VMDK_SECTOR)
+        return vimg_error_set(c->err, EINVAL, "Invalid extent line: %s", line);
+    if (!(e = vmdk_add_extent(s, c->err)))
+        return -ENOMEM;
+    if (!(e->type_name = strdup(type)))
+        return vimg_error_set(c->err, ENOMEM, "Out of memory");
+    e->n_sectors = (uint64_t)sectors;
+    if (strcmp(type, "ZERO") == 0) {
+        e->type = VMDK_EXTENT_ZERO;
+        return 0;
+    }
+    if (strcmp(type, "FLAT") && strcmp(type, "VMFS") && strcmp(type, "SPARSE") &&
+        strcmp(type, "VMFSSPARSE"))
+        return vimg_error_set(c->err, ENOTSUP, "Unsupported extent type '%s'", type);
+    if ((ret = vmdk_open_extent_file(c, e, name)) < 0)
+        return ret;
+    if (strcmp(type, "FLAT") == 0 || strcmp(type, "VMFS") == 0) {
+        e->type = VMDK_EXTENT_FLAT;
+        e->flat_offset = (uint64_t)offset * VMDK_SECTOR;
+        return 0;
+    }
+    if ((ret = vmdk_open_sparse(e, NULL, c->err)) < 0)
+        return ret;
+    e->n_sectors = (uint64_t)sectors;
+    return 0;
+}
+
+static int
+vmdk_open_descriptor(struct vimg_node *node, unsigned flags, struct vimg_error *err)
+{
+    struct vmdk_state *s = node->state;
+    struct vmdk_parse_ctx c = { node, flags, err };
+    int64_t len = vimg_node_length(node->file, err);
+    char *text;
+    int ret;
+
+    if (len < 0)
+        return (int)len;
+    if ((uint64_t)len > VMDK_MAX_DESC_SIZE)
+        return vimg_error_set(err, EFBIG, "File too large");
+    if (!(text = malloc((size_t)len + 1)))
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    if ((ret = vimg_node_pread_padded(node->file, 0, text, (uint64_t)len, err)) < 0)
+        goto out;
+    text[len] = '\0';
+    vmdk_parse_desc(text, (size_t)len, &s->desc);
+    ret = vmdk_desc_lines(text, (size_t)len, vmdk_parse_extent_line, &c);
+    if (ret == 0 && s->n_extents == 0)
+        ret = vimg_error_set(err, EINVAL, "Invalid VMDK image descriptor");
+out:
+    free(text);
+    return ret;
+}
+
+static void
+vmdk_close(struct vimg_node *node)
+{
+    struct vmdk_state *s = node->state;
+
+    for (size_t i = 0; i < s->n_extents; i++)
+        vmdk_free_extent(&s->extents[i]);
+    free(s->extents);
+    s->extents = NULL;
+    s->n_extents = 0;
+    pthread_mutex_destroy(&s->lock);
+}
+
+static int
+vmdk_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
+          struct vimg_error *err)
+{
+    struct vmdk_state *s = node->state;
+    uint8_t h[VMDK_SECTOR];
+    struct vmdk_extent *e;
+    int ret;
+
+    (void)opts;
+    pthread_mutex_init(&s->lock, NULL);
+    if ((ret = vimg_node_pread_padded(node->file, 0, h, sizeof(h), err)) < 0)
+        goto fail;
+    if (vmdk_le32(h) == VMDK4_MAGIC || vmdk_le32(h) == VMDK3_MAGIC) {
+        /* The extent named by an embedded descriptor is this very file. */
+        if (!(e = vmdk_add_extent(s, err))) {
+            ret = -ENOMEM;
+            goto fail;
+        }
+        e->file = node->file;
+        if (!(e->type_name = strdup(""))) {
+            ret = vimg_error_set(err, ENOMEM, "Out of memory");
+            goto fail;
+        }
+        ret = vmdk_open_sparse(e, &s->desc, err);
+    } else if (vmdk_is_descriptor_text(h, sizeof(h))) {
+        ret = vmdk_open_descriptor(node, flags, err);
+    } else {
+        ret = vimg_error_set(err, EINVAL, "Invalid VMDK image descriptor");
+    }
+    if (ret < 0)
+        goto fail;
+    for (size_t i = 0; i < s->n_extents; i++) {
+        s->size += s->extents[i].n_sectors * VMDK_SECTOR;
+        s->extents[i].end = s->size;
+    }
+    /* The parent of a vmdk image is a vmdk image: qemu-img reports the format so. */
+    if (s->desc.has_parent && (!(node->backing_filename = strdup(s->desc.parent_hint)) ||
+                               !(node->backing_format = strdup("vmdk")))) {
+        ret = vimg_error_set(err, ENOMEM, "Out of memory");
+        goto fail;
+    }
+    if (s->extents[0].type == VMDK_EXTENT_SPARSE)
+        node->cluster_size = (uint32_t)s->extents[0].grain_size;
+    node->request_alignment = VMDK_SECTOR;
+    return 0;
+fail:
+    vmdk_close(node);
+    return ret;
+}
+
+static int64_t
+vmdk_length(struct vimg_node *node, struct vimg_error *err)
+{
+    struct vmdk_state *s = node->state;
+
+    (void)err;
+    return (int64_t)s->size;
+}
+
+static int64_t
+vmdk_allocated_size(struct vimg_node *node, struct vimg_error *err)
+{
+    struct vmdk_state *s = node->state;
+    int64_t total = vimg_node_allocated_size(node->file, err), n;
+
+    if (total < 0)
+        return total;
+    for (size_t i = 0; i < s->n_extents; i++) {
+        if (!s->extents[i].is_owned)
+            continue;
+        if ((n = vimg_node_allocated_size(s->extents[i].file, err)) < 0)
+            return n;
+        total += n;
+    }
+    return total;
+}
+
+/* Grain lookup */
+
+enum vmdk_grain_kind {
+    VMDK_GRAIN_UNALLOCATED,
+    VMDK_GRAIN_ZERO,
+    VMDK_GRAIN_DATA,
+};
+
+static int
+vmdk_load_gt(struct vmdk_extent *e, uint64_t gd_index, struct vimg_error *err)
+{
+    uint64_t bytes = (uint64_t)e->n_gtes * 4;
+    uint8_t *raw;
+    int ret;
+
+    if (e->gt_index == gd_index)
+        return 0;
+    if (!(raw = malloc(bytes)))
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    e->gt_index = UINT64_MAX;
+    ret = vimg_node_pread_padded(e->file, (uint64_t)e->gd[gd_index] * VMDK_SECTOR, raw,
+                                 bytes, err);
+    for (uint32_t i = 0; ret == 0 && i < e->n_gtes; i++)
+        e->gt[i] = vmdk_le32(raw + i * 4);
+    free(raw);
+    if (ret == 0)
+        e->gt_index = gd_index;
+    return ret;
+}
+
+/* The kind of the grain holding ext_offset (bytes in the extent) and its sector. */
+static int
+vmdk_find_grain(struct vmdk_extent *e, uint64_t ext_offset, enum vmdk_grain_kind *kind,
+                uint32_t *sector, struct vimg_error *err)
+{
+    uint64_t grain = ext_offset / e->grain_size;
+    uint64_t gd_index = grain / e->n_gtes;
+    uint32_t gte;
+    int ret;
+
+    *kind = VMDK_GRAIN_UNALLOCATED;
+    *sector = 0;
+    if (gd_index >= e->n_gd || e->gd[gd_index] == 0)
+        return 0;
+    if ((ret = vmdk_load_gt(e, gd_index, err)) < 0)
+        return ret;
+    gte = e->gt[grain % e->n_gtes];
+    if (gte == 0)
+        return 0;
+    if (gte == VMDK_GTE_ZERO && e->has_zero_grain) {
+        *kind = VMDK_GRAIN_ZERO;
+        return 0;
+    }
+    *kind = VMDK_GRAIN_DATA;
+    *sector = gte;
+    return 0;
+}
+
+static int
+vmdk_inflate(const uint8_t *in, size_t in_len, uint8_t *out, size_t out_len,
+             struct vimg_error *err)
+{
+    z_stream z;
+    int zr;
+
+    memset(&z, 0, sizeof(z));
+    if (inflateInit(&z) != Z_OK)
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    z.next_in = (Bytef *)in;
+    z.avail_in = (uInt)in_len;
+    z.next_out = out;
+    z.avail_out = (uInt)out_len;
+    zr = inflate(&z, Z_FINISH);
+    inflateEnd(&z);
+    if (zr != Z_STREAM_END && zr != Z_OK && !(zr == Z_BUF_ERROR && z.avail_out == 0))
+        return vimg_error_set(err, EIO, "Could not decompress a grain");
+    memset(out + (out_len - z.avail_out), 0, z.avail_out);
+    return 0;
+}
+
+/* Reads the whole compressed grain at sector into out (grain_size bytes). */
+static int
+vmdk_read_compressed(struct vmdk_extent *e, uint32_t sector, uint8_t *out,
+                     struct vimg_error *err)
+{
+    uint64_t offset = (uint64_t)sector * VMDK_SECTOR, cap = e->grain_size * 2 + 4096;
+    size_t skip = e->has_markers ? VMDK_MARKER_HEADER : 0;
+    uint64_t in_len = cap;
+    uint8_t *in;
+    int ret;
+
+    if (!(in = malloc(cap)))
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    if ((ret = vimg_node_pread_padded(e->file, offset, in, cap, err)) < 0)
+        goto out;
+    if (e->has_markers) {
+        in_len = vmdk_le32(in + VMDK_MARKER_OFF_SIZE);
+        if (in_len > cap - skip) {
+            ret = vimg_error_set(err, EINVAL, "Compressed grain size %" PRIu64
+                                 " is too large (max %" PRIu64 ")", in_len, cap - skip);
+            goto out;
+        }
+    } else {
+        in_len = cap;
+    }
+    ret = vmdk_inflate(in + skip, (size_t)in_len, out, (size_t)e->grain_size, err);
+out:
+    free(in);
+    return ret;
+}
+
+static int
+vmdk_read_backing(struct vimg_node *node, uint64_t offset, uint8_t *out, uint64_t bytes,
+                  struct vimg_error *err)
+{
+    int64_t len;
+    uint64_t n;
+
+    if (!node->backing) {
+        memset(out, 0, bytes);
+        return 0;
+    }
+    if ((len = vimg_node_length(node->backing, err)) < 0)
+        return (int)len;
+    n = offset >= (uint64_t)len ? 0 : (uint64_t)len - offset;
+    if (n > bytes)
+        n = bytes;
+    memset(out + n, 0, bytes - n);
+    return n ? vimg_node_pread(node->backing, offset, out, n, 0, err) : 0;
+}
+
+/* Reads within one grain of a sparse extent; disk_offset is for the backing file. */
+static int
+vmdk_read_sparse(struct vimg_node *node, struct vmdk_extent *e, uint64_t ext_offset,
+                 uint64_t disk_offset, uint8_t *out, uint64_t len, struct vimg_error *err)
+{
+    enum vmdk_grain_kind kind;
+    uint32_t sector;
+    uint8_t *grain;
+    int ret;
+
+    if ((ret = vmdk_find_grain(e, ext_offset, &kind, &sector, err)) < 0)
+        return ret;
+    if (kind == VMDK_GRAIN_UNALLOCATED)
+        return vmdk_read_backing(node, disk_offset, out, len, err);
+    if (kind == VMDK_GRAIN_ZERO) {
+        memset(out, 0, len);
+        return 0;
+    }
+    if (!e->is_compressed)
+        return vimg_node_pread_padded(e->file, (uint64_t)sector * VMDK_SECTOR +
+                                      ext_offset % e->grain_size, out, len, err);
+    if (!(grain = malloc(e->grain_size)))
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    if ((ret = vmdk_read_compressed(e, sector, grain, err)) == 0)
+        memcpy(out, grain + ext_offset % e->grain_size, len);
+    free(grain);
+    return ret;
+}
+
+static struct vmdk_extent *
+vmdk_find_extent(struct vmdk_state *s, uint64_t offset)
+{
+    for (size_t i = 0; i < s->n_extents; i++)
+        if (offset < s->extents[i].end)
+            return &s->extents[i];
+    return NULL;
+}
+
+/* The length of the piece at offset that one extent (and grain) serves. */
+static uint64_t
+vmdk_piece(const struct vmdk_extent *e, uint64_t offset, uint64_t bytes)
+{
+    uint64_t len = e->end - offset;
+
+    if (e->type == VMDK_EXTENT_SPARSE) {
+        uint64_t ext_offset = offset - (e->end - e->n_sectors * VMDK_SECTOR);
+        uint64_t in_grain = e->grain_size - ext_offset % e->grain_size;
+        if (in_grain < len)
+            len = in_grain;
+    }
+    return len < bytes ? len : bytes;
+}
+
+static int
+vmdk_read_piece(struct vimg_node *node, struct vmdk_extent *e, uint64_t offset, uint8_t *out,
+                uint64_t len, struct vimg_error *err)
+{
+    uint64_t ext_offset = offset - (e->end - e->n_sectors * VMDK_SECTOR);
+
+    switch (e->type) {
+    case VMDK_EXTENT_ZERO:
+        memset(out, 0, len);
+        return 0;
+    case VMDK_EXTENT_FLAT:
+        return vimg_node_pread_padded(e->file, e->flat_offset + ext_offset, out, len, err);
+    case VMDK_EXTENT_SPARSE:
+        break;
+    }
+    return vmdk_read_sparse(node, e, ext_offset, offset, out, len, err);
+}
+
+static int
+vmdk_read(struct vimg_node *node, uint64_t offset, uint8_t *out, uint64_t bytes,
+          struct vimg_error *err)
+{
+    struct vmdk_state *s = node->state;
+    int ret = 0;
+
+    pthread_mutex_lock(&s->lock);
+    while (bytes && ret == 0) {
+        struct vmdk_extent *e = vmdk_find_extent(s, offset);
+        uint64_t len;
+
+        if (!e) {
+            memset(out, 0, bytes);
+            break;
+        }
+        len = vmdk_piece(e, offset, bytes);
+        ret = vmdk_read_piece(node, e, offset, out, len, err);
+        offset += len;
+        out += len;
+        bytes -= len;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* Block status: one piece's flags, then merged with the following pieces. */
+static int
+vmdk_piece_status(struct vmdk_extent *e, uint64_t offset, struct vimg_block_status *bs,
+                  struct vimg_error *err)
+{
+    uint64_t ext_offset = offset - (e->end - e->n_sectors * VMDK_SECTOR);
+    enum vmdk_grain_kind kind;
+    uint32_t sector;
+    int ret;
+
+    bs->flags = 0;
+    bs->offset = 0;
+    bs->file = e->file;
+    if (e->type == VMDK_EXTENT_ZERO) {
+        bs->flags = VIMG_BS_ZERO | VIMG_BS_ALLOCATED;
+        return 0;
+    }
+    if ((ret = vmdk_find_grain(e, ext_offset, &kind, &sector, err)) < 0)
+        return ret;
+    if (kind == VMDK_GRAIN_ZERO)
+        bs->flags = VIMG_BS_ZERO | VIMG_BS_ALLOCATED;
+    else if (kind == VMDK_GRAIN_DATA && e->is_compressed)
+        bs->flags = VIMG_BS_DATA | VIMG_BS_ALLOCATED | VIMG_BS_COMPRESSED;
+    else if (kind == VMDK_GRAIN_DATA) {
+        bs->flags = VIMG_BS_DATA | VIMG_BS_ALLOCATED | VIMG_BS_OFFSET_VALID;
+        bs->offset = (uint64_t)sector * VMDK_SECTOR + ext_offset % e->grain_size;
+    }
+    return 0;
+}
+
+/* A flat extent is data, zeros where its file has a hole, as qemu-img maps it. */
+static int
+vmdk_flat_status(struct vmdk_extent *e, uint64_t offset, uint64_t len,
+                 struct vimg_block_status *bs, uint64_t *done, struct vimg_error *err)
+{
+    uint64_t ext_offset = offset - (e->end - e->n_sectors * VMDK_SECTOR);
+    struct vimg_block_status below;
+    int ret;
+
+    if ((ret = vimg_node_block_status(e->file, e->flat_offset + ext_offset, len, &below,
+                                      err)) < 0)
+        return ret;
+    bs->flags = VIMG_BS_DATA | VIMG_BS_ALLOCATED | VIMG_BS_OFFSET_VALID;
+    if ((below.flags & VIMG_BS_ZERO) && !(below.flags & VIMG_BS_DATA))
+        bs->flags |= VIMG_BS_ZERO;
+    bs->offset = e->flat_offset + ext_offset;
+    bs->file = e->file;
+    *done = below.bytes < len ? below.bytes : len;
+    return 0;
+}
+
+static int
+vmdk_block_status(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                  struct vimg_block_status *bs, struct vimg_error *err)
+{
+    struct vmdk_state *s = node->state;
+    struct vmdk_extent *e;
+    uint64_t done = 0;
+    int ret = 0;
+
+    pthread_mutex_lock(&s->lock);
+    while (done < bytes && (e = vmdk_find_extent(s, offset + done))) {
+        struct vimg_block_status next;
+        uint64_t len = vmdk_piece(e, offset + done, bytes - done);
+
+        if (e->type == VMDK_EXTENT_FLAT) {
+            if (done == 0)
+                ret = vmdk_flat_status(e, offset, len, bs, &done, err);
+            break;
+        }
+        if ((ret = vmdk_piece_status(e, offset + done, done ? &next : bs, err)) < 0)
+            break;
+        if (done && (next.flags != bs->flags || next.file != bs->file ||
+                     ((bs->flags & VIMG_BS_OFFSET_VALID) && next.offset != bs->offset + done)))
+            break;
+        done += len;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (ret < 0)
+        return ret;
+    if (done == 0) {
+        bs->flags = VIMG_BS_ZERO;
+        done = bytes;
+    }
+    bs->bytes = done;
+    return 0;
+}
+
+/* Writing */
+
+static int
+vmdk_write_gte(struct vmdk_extent *e, const uint32_t *dir, uint64_t grain, uint32_t value,
+               struct vimg_error *err)
+{
+    uint64_t gd_index = grain / e->n_gtes;
+    uint8_t b[4];
+
+    vmdk_put_le32(b, value);
+    return vimg_node_pwrite(e->file, (uint64_t)dir[gd_index] * VMDK_SECTOR +
+                            grain % e->n_gtes * 4, b, 4, 0, err);
+}
+
+/* Allocates an empty grain table for gd_index in dir, recording it at dir_sector. */
+static int
+vmdk_alloc_gt(struct vmdk_extent *e, uint32_t *dir, uint64_t dir_sector, uint64_t gd_index,
+              struct vimg_error *err)
+{
+    uint64_t bytes = (uint64_t)e->n_gtes * 4;
+    uint64_t sectors = (bytes + VMDK_SECTOR - 1) / VMDK_SECTOR;
+    uint8_t *zero, b[4];
+    int ret;
+
+    if (e->next_sector + sectors > UINT32_MAX)
+        return vimg_error_set(err, EFBIG, "The extent file is full");
+    if (!(zero = calloc(1, sectors * VMDK_SECTOR)))
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    ret = vimg_node_pwrite(e->file, e->next_sector * VMDK_SECTOR, zero, sectors * VMDK_SECTOR,
+                           0, err);
+    free(zero);
+    if (ret < 0)
+        return ret;
+    dir[gd_index] = (uint32_t)e->next_sector;
+    e->next_sector += sectors;
+    vmdk_put_le32(b, dir[gd_index]);
+    return vimg_node_pwrite(e->file, dir_sector * VMDK_SECTOR + gd_index * 4, b, 4, 0, err);
+}
+
+static int
+vmdk_deflate(const uint8_t *in, size_t in_len, uint8_t *out, size_t *out_len,
+             struct vimg_error *err)
+{
+    uLongf n = (uLongf)*out_len;
+
+    if (compress2(out, &n, in, (uLong)in_len, Z_DEFAULT_COMPRESSION) != Z_OK)
+        return vimg_error_set(err, EIO, "Could not compress a grain");
+    *out_len = n;
+    return 0;
+}
+
+/* Appends grain (grain_size bytes) at the allocation point; *sector receives where. */
+static int
+vmdk_append_grain(struct vmdk_extent *e, uint64_t grain_index, const uint8_t *grain,
+                  uint32_t *sector, struct vimg_error *err)
+{
+    uint64_t cap = compressBound((uLong)e->grain_size) + VMDK_MARKER_HEADER + VMDK_SECTOR;
+    const uint8_t *data = grain;
+    size_t len = e->grain_size, clen;
+    uint8_t *buf = NULL;
+    int ret;
+
+    if (e->is_compressed) {
+        if (!(buf = calloc(1, cap)))
+            return vimg_error_set(err, ENOMEM, "Out of memory");
+        clen = (size_t)cap - VMDK_MARKER_HEADER - VMDK_SECTOR;
+        if ((ret = vmdk_deflate(grain, e->grain_size, buf + VMDK_MARKER_HEADER, &clen,
+                                err)) < 0)
+            goto out;
+        vmdk_put_le64(buf + VMDK_MARKER_OFF_LBA, grain_index * (e->grain_size / VMDK_SECTOR));
+        vmdk_put_le32(buf + VMDK_MARKER_OFF_SIZE, (uint32_t)clen);
+        len = (VMDK_MARKER_HEADER + clen + VMDK_SECTOR - 1) / VMDK_SECTOR * VMDK_SECTOR;
+        data = buf;
+    }
+    if (e->next_sector + len / VMDK_SECTOR > UINT32_MAX) {
+        ret = vimg_error_set(err, EFBIG, "The extent file is full");
+        goto out;
+    }
+    if ((ret = vimg_node_pwrite(e->file, e->next_sector * VMDK_SECTOR, data, len, 0, err)) < 0)
+        goto out;
+    *sector = (uint32_t)e->next_sector;
+    e->next_sector += len / VMDK_SECTOR;
+out:
+    free(buf);
+    return ret;
+}
+
+/* Writes within one grain of a sparse extent. */
+static int
+vmdk_write_sparse(struct vimg_node *node, struct vmdk_extent *e, uint64_t ext_offset,
+                  uint64_t disk_offset, const uint8_t *in, uint64_t len, struct vimg_error *err)
+{
+    uint64_t grain_index = ext_offset / e->grain_size, gd_index = grain_index / e->n_gtes;
+    uint64_t in_grain = ext_offset % e->grain_size;
+    enum vmdk_grain_kind kind;
+    uint32_t sector;
+    uint8_t *grain;
+    int ret;
+
+    if ((ret = vmdk_find_grain(e, ext_offset, &kind, &sector, err)) < 0)
+        return ret;
+    if (kind == VMDK_GRAIN_DATA && !e->is_compressed)
+        return vimg_node_pwrite(e->file, (uint64_t)sector * VMDK_SECTOR + in_grain, in, len,
+                                0, err);
+    if (kind == VMDK_GRAIN_DATA)
+        return vimg_error_set(err, EIO, "Could not write to allocated cluster for "
+                              "streamOptimized");
+    if (!(grain = malloc(e->grain_size)))
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    ret = 0;
+    if (len < e->grain_size) {
+        if (kind == VMDK_GRAIN_ZERO)
+            memset(grain, 0, e->grain_size);
+        else
+            ret = vmdk_read_backing(node, disk_offset - in_grain, grain, e->grain_size, err);
+    }
+    if (ret == 0) {
+        memcpy(grain + in_grain, in, len);
+        ret = vmdk_append_grain(e, grain_index, grain, &sector, err);
+    }
+    free(grain);
+    if (ret < 0)
+        return ret;
+    /* The grain reaches the file before the table entry that points at it. */
+    if (e->gd[gd_index] == 0 && (ret = vmdk_alloc_gt(e, e->gd, 0, gd_index, err)) < 0)
+        return ret;
+    if ((ret = vmdk_load_gt(e, gd_index, err)) < 0 ||
+        (ret = vmdk_write_gte(e, e->gd, grain_index, sector, err)) < 0)
+        return ret;
+    e->gt[grain_index % e->n_gtes] = sector;
+    if (e->rgd && e->rgd[gd_index])
+        ret = vmdk_write_gte(e, e->rgd, grain_index, sector, err);
+    return ret;
+}
+
+static int
+vmdk_write(struct vimg_node *node, uint64_t offset, uint64_t bytes, const struct iovec *iov,
+           int n_iov, unsigned flags, struct vimg_error *err)
+{
+    struct vmdk_state *s = node->state;
+    const uint8_t *in;
+    int ret = 0;
+
+    (void)flags;
+    if (n_iov != 1)
+        return vimg_error_set(err, EINVAL, "vmdk writes need one buffer");
+    in = iov[0].iov_base;
+    pthread_mutex_lock(&s->lock);
+    while (bytes && ret == 0) {
+        struct vmdk_extent *e = vmdk_find_extent(s, offset);
+        uint64_t len, ext_offset;
+
+        if (!e) {
+            ret = vimg_error_set(err, EIO, "Write beyond the end of the image");
+            break;
+        }
+        len = vmdk_piece(e, offset, bytes);
+        ext_offset = offset - (e->end - e->n_sectors * VMDK_SECTOR);
+        if (e->type == VMDK_EXTENT_FLAT)
+            ret = vimg_node_pwrite(e->file, e->flat_offset + ext_offset, in, len, 0, err);
+        else if (e->type == VMDK_EXTENT_SPARSE)
+            ret = vmdk_write_sparse(node, e, ext_offset, offset, in, len, err);
+        offset += len;
+        in += len;
+        bytes -= len;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+static int
+vmdk_flush(struct vimg_node *node, struct vimg_error *err)
+{
+    struct vmdk_state *s = node->state;
+    int ret;
+
+    for (size_t i = 0; i < s->n_extents; i++)
+        if (s->extents[i].is_owned && (ret = vimg_node_flush(s->extents[i].file, err)) < 0)
+            return ret;
+    return vimg_node_flush(node->file, err);
+}
+
+/* Info */
+
+static int
+vmdk_info(struct vimg_node *node, json_t **out, struct vimg_error *err)
+{
+    struct vmdk_state *s = node->state;
+    json_t *data = json_object(), *list = json_array(), *spec = json_object();
+
+    (void)err;
+    json_object_set_new(data, "cid", json_integer(s->desc.cid));
+    json_object_set_new(data, "parent-cid", json_integer(s->desc.parent_cid));
+    json_object_set_new(data, "create-type", json_string(s->desc.create_type));
+    for (size_t i = 0; i < s->n_extents; i++) {
+        const struct vmdk_extent *e = &s->extents[i];
+        json_t *x = json_object();
+
+        if (e->is_compressed)
+            json_object_set_new(x, "compressed", json_true());
+        json_object_set_new(x, "virtual-size", json_integer((json_int_t)(e->n_sectors *
+                                                                          VMDK_SECTOR)));
+        json_object_set_new(x, "filename", json_string(e->file ? e->file->filename
+                                                               : node->filename));
+        if (e->type == VMDK_EXTENT_SPARSE)
+            json_object_set_new(x, "cluster-size", json_integer((json_int_t)e->grain_size));
+        json_object_set_new(x, "format", json_string(e->type_name));
+        json_array_append_new(list, x);
+    }
+    json_object_set_new(data, "extents", list);
+    json_object_set_new(spec, "type", json_string("vmdk"));
+    json_object_set_new(spec, "data", data);
+    *out = spec;
+    return 0;
+}
+
+/* Creation */
+
+static const struct vimg_opt_desc vmdk_create_opts[] = {
+    { "size", VIMG_OPT_SIZE, "Virtual disk size", NULL },
+    { "adapter_type", VIMG_OPT_STRING, "Virtual adapter type, can be one of ide (default), "
+      "lsilogic, buslogic or legacyESX", NULL },
+    { "backing_file", VIMG_OPT_STRING, "File name of a base image", NULL },
+    { "backing_fmt", VIMG_OPT_STRING, "Must be 'vmdk' if present", NULL },
+    { "compat6", VIMG_OPT_BOOL, "VMDK version 6 image", "off" },
+    { "hwversion", VIMG_OPT_STRING, "VMDK hardware version", "undefined" },
+    { "toolsversion", VIMG_OPT_STRING, "VMware guest tools version", NULL },
+    { "subformat", VIMG_OPT_STRING, "VMDK flat extent format, can be one of {monolithicSparse "
+      "(default) | monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | "
+      "streamOptimized} ", NULL },
+    { "zeroed_grain", VIMG_OPT_BOOL, "Enable efficient zero writes using the zeroed-grain "
+      "GTE feature", NULL },
+    { NULL, 0, NULL, NULL },
+};
+
+struct vmdk_create_params {
+    uint64_t size;
+    const char *adapter;
+    const char *hwversion;
+    const char *toolsversion;
+    const char *subformat;
+    const char *backing;
+    bool is_split, is_flat, is_stream, has_zero_grain;
+    uint32_t parent_cid;
+};
+
+static int
+vmdk_parse_create(struct vimg_opts *opts, struct vmdk_create_params *p, struct vimg_error *err)
+{
+    const char *fmt;
+    bool compat6, zg;
+    int ret;
+
+    memset(p, 0, sizeof(*p));
+    if ((ret = vimg_opts_get_size(opts, "size", 0, &p->size, err)) < 0 ||
+        (ret = vimg_opts_get_bool(opts, "compat6", false, &compat6, err)) < 0 ||
+        (ret = vimg_opts_get_bool(opts, "zeroed_grain", false, &zg, err)) < 0)
+        return ret;
+    p->has_zero_grain = zg;
+    p->adapter = vimg_opts_get(opts, "adapter_type");
+    p->hwversion = vimg_opts_get(opts, "hwversion");
+    p->toolsversion = vimg_opts_get(opts, "toolsversion");
+    p->subformat = vimg_opts_get(opts, "subformat");
+    p->backing = vimg_opts_get(opts, "backing_file");
+    fmt = vimg_opts_get(opts, "backing_fmt");
+    if (!p->adapter)
+        p->adapter = "ide";
+    if (strcmp(p->adapter, "ide") && strcmp(p->adapter, "lsilogic") &&
+        strcmp(p->adapter, "buslogic") && strcmp(p->adapter, "legacyESX"))
+        return vimg_error_set(err, EINVAL, "invalid parameter value: %s", p->adapter);
+    if (p->hwversion && strcmp(p->hwversion, "undefined") == 0)
+        p->hwversion = NULL;
+    if (compat6 && p->hwversion)
+        return vimg_error_set(err, EINVAL, "compat6 cannot be enabled with hwversion set");
+    if (!p->hwversion)
+        p->hwversion = compat6 ? "6" : "4";
+    if (!p->toolsversion)
+        p->toolsversion = "2147483647";
+    if (!p->subformat)
+        p->subformat = "monolithicSparse";
+    if (strcmp(p->subformat, "monolithicSparse") == 0) {
+    } else if (strcmp(p->subformat, "monolithicFlat") == 0) {
+        p->is_flat = true;
+    } else if (strcmp(p->subformat, "twoGbMaxExtentSparse") == 0) {
+        p->is_split = true;
+    } else if (strcmp(p->subformat, "twoGbMaxExtentFlat") == 0) {
+        p->is_split = p->is_flat = true;
+    } else if (strcmp(p->subformat, "streamOptimized") == 0) {
+        p->is_stream = true;
+    } else {
+        return vimg_error_set(err, EINVAL, "invalid parameter value: %s", p->subformat);
+    }
+    if (fmt && strcmp(fmt, "vmdk") != 0)
+        return vimg_error_set(err, EINVAL, "Backing format must be 'vmdk'");
+    return 0;
+}
+
+static int
+vmdk_new_file(const char *path, uint64_t size, struct vimg_node **out, struct vimg_error *err)
+{
+    struct vimg_opts *o = vimg_opts_new();
+    int ret;
+
+    if (!o)
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    ret = vimg_opts_set(o, "size", "0", err);
+    if (ret == 0)
+        ret = vimg_create_file(path, o, err);
+    vimg_opts_free(o);
+    if (ret < 0)
+        return ret;
+    if ((ret = vimg_open(out, path, NULL, NULL, VIMG_OPEN_RDWR | VIMG_OPEN_PROTOCOL, err)) < 0)
+        return ret;
+    if ((ret = vimg_node_truncate(*out, size, false, NULL, err)) < 0)
+        vimg_close(*out);
+    return ret;
+}
+
+struct vmdk_layout {
+    uint64_t n_gts, gd_sectors, gt_sectors, rgd, gd, overhead;
+};
+
+static void
+vmdk_plan_sparse(uint64_t sectors, uint64_t desc_sectors, struct vmdk_layout *l)
+{
+    uint64_t grains = (sectors + VMDK_CREATE_GRAIN - 1) / VMDK_CREATE_GRAIN;
+
+    l->n_gts = (grains + VMDK_CREATE_N_GTES - 1) / VMDK_CREATE_N_GTES;
+    l->gd_sectors = (l->n_gts * 4 + VMDK_SECTOR - 1) / VMDK_SECTOR;
+    l->gt_sectors = VMDK_CREATE_N_GTES * 4 / VMDK_SECTOR;
+    l->rgd = 1 + desc_sectors;
+    l->gd = l->rgd + l->gd_sectors + l->n_gts * l->gt_sectors;
+    l->overhead = l->gd + l->gd_sectors + l->n_gts * l->gt_sectors;
+    l->overhead = (l->overhead + VMDK_CREATE_GRAIN - 1) / VMDK_CREATE_GRAIN * VMDK_CREATE_GRAIN;
+}
+
+static void
+vmdk_encode_header(const struct vmdk_create_params *p, uint64_t sectors, uint64_t desc_sectors,
+                   const struct vmdk_layout *l, uint8_t *h)
+{
+    uint32_t flags = VMDK4_FLAG_NL_TEST | VMDK4_FLAG_RGD;
+
+    if (p->has_zero_grain)
+        flags |= VMDK4_FLAG_ZERO_GRAIN;
+    if (p->is_stream)
+        flags |= VMDK4_FLAG_COMPRESS | VMDK4_FLAG_MARKER;
+    memset(h, 0, VMDK_SECTOR);
+    vmdk_put_le32(h + VMDK4_OFF_MAGIC, VMDK4_MAGIC);
+    vmdk_put_le32(h + VMDK4_OFF_VERSION, p->is_stream ? 3 : 1);
+    vmdk_put_le32(h + VMDK4_OFF_FLAGS, flags);
+    vmdk_put_le64(h + VMDK4_OFF_CAPACITY, sectors);
+    vmdk_put_le64(h + VMDK4_OFF_GRAIN, VMDK_CREATE_GRAIN);
+    vmdk_put_le64(h + VMDK4_OFF_DESC_OFFSET, 1);
+    vmdk_put_le64(h + VMDK4_OFF_DESC_SIZE, desc_sectors);
+    vmdk_put_le32(h + VMDK4_OFF_N_GTES, VMDK_CREATE_N_GTES);
+    vmdk_put_le64(h + VMDK4_OFF_RGD_OFFSET, l->rgd);
+    vmdk_put_le64(h + VMDK4_OFF_GD_OFFSET, l->gd);
+    vmdk_put_le64(h + VMDK4_OFF_OVERHEAD, l->overhead);
+    memcpy(h + VMDK4_OFF_NL_TEST, "\n \r\n", 4);
+    vmdk_put_le16(h + VMDK4_OFF_COMPRESS, p->is_stream ? VMDK4_COMPRESS_DEFLATE : 0);
+}
+
+static void
+vmdk_encode_dir(uint8_t *buf, const struct vmdk_layout *l, uint64_t dir)
+{
+    for (uint64_t i = 0; i < l->n_gts; i++)
+        vmdk_put_le32(buf + dir * VMDK_SECTOR + i * 4,
+                      (uint32_t)(dir + l->gd_sectors + i * l->gt_sectors));
+}
+
+/* A new sparse extent file of sectors, with desc embedded when not NULL. */
+static int
+vmdk_create_sparse(const char *path, const struct vmdk_create_params *p, uint64_t sectors,
+                   const char *desc, struct vimg_error *err)
+{
+    uint64_t desc_sectors = VMDK_CREATE_DESC_SECTORS;
+    struct vmdk_layout l;
+    struct vimg_node *file;
+    uint8_t *buf;
+    int ret;
+
+    vmdk_plan_sparse(sectors, desc_sectors, &l);
+    if (l.overhead > UINT32_MAX / 2)
+        return vimg_error_set(err, EFBIG, "The image size is too large for file format 'vmdk'");
+    if (!(buf = calloc(1, l.overhead * VMDK_SECTOR)))
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    vmdk_encode_header(p, sectors, desc_sectors, &l, buf);
+    if (desc)
+        memcpy(buf + VMDK_SECTOR, desc, strlen(desc));
+    vmdk_encode_dir(buf, &l, l.rgd);
+    vmdk_encode_dir(buf, &l, l.gd);
+    if ((ret = vmdk_new_file(path, l.overhead * VMDK_SECTOR, &file, err)) == 0) {
+        ret = vimg_node_pwrite(file, 0, buf, l.overhead * VMDK_SECTOR, 0, err);
+        if (ret == 0)
+            ret = vimg_node_flush(file, err);
+        vimg_close(file);
+    }
+    free(buf);
+    return ret;
+}
+
+static char *
+vmdk_extent_name(const char *base, const struct vmdk_create_params *p, unsigned index)
+{
+    size_t n = strlen(base);
+    char *out;
+
+    if (n > 5 && strcmp(base + n - 5, ".vmdk") == 0)
+        n -= 5;
+    if (!p->is_split) {
+        if (asprintf(&out, "%.*s-flat.vmdk", (int)n, base) < 0)
+            return NULL;
+    } else if (asprintf(&out, "%.*s-%c%03u.vmdk", (int)n, base, p->is_flat ? 'f' : 's',
+                        index) < 0) {
+        return NULL;
+    }
+    return out;
+}
+
+static char *
+vmdk_make_desc(const struct vmdk_create_params *p, uint32_t cid, const char *extents)
+{
+    uint64_t sectors = p->size / VMDK_SECTOR;
+    int heads = strcmp(p->adapter, "ide") == 0 ? 16 : 255;
+    uint64_t cyl = sectors / (uint64_t)(heads * 63);
+    char parent[600] = "";
+    char *out;
+
+    if (p->backing)
+        snprintf(parent, sizeof(parent), "parentFileNameHint=\"%s\"", p->backing);
+    if (asprintf(&out, "# Disk DescriptorFile\nversion=1\nCID=%08" PRIx32 "\nparentCID=%08"
+                 PRIx32 "\ncreateType=\"%s\"\n%s\n# Extent description\n%s\n"
+                 "# The Disk Data Base\n#DDB\n\nddb.virtualHWVersion = \"%s\"\n"
+                 "ddb.geometry.cylinders = \"%" PRIu64 "\"\nddb.geometry.heads = \"%d\"\n"
+                 "ddb.geometry.sectors = \"63\"\nddb.adapterType = \"%s\"\n"
+                 "ddb.toolsVersion = \"%s\"\n", cid, p->parent_cid, p->subformat, parent,
+                 extents, p->hwversion, cyl, heads, p->adapter, p->toolsversion) < 0)
+        return NULL;
+    return out;
+}
+
+static int
+vmdk_add_extent_line(char **lines, const struct vmdk_create_params *p, uint64_t sectors,
+                     const char *name, struct vimg_error *err)
+{
+    const char *slash = strrchr(name, '/');
+    char *n;
+
+    if (asprintf(&n, "%sRW %" PRIu64 " %s \"%s\"%s\n", *lines ? *lines : "", sectors,
+                 p->is_flat ? "FLAT" : "SPARSE", slash ? slash + 1 : name,
+                 p->is_flat ? " 0" : "") < 0)
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    free(*lines);
+    *lines = n;
+    return 0;
+}
+
+/* Extent files of a descriptor-file image, and the extent lines naming them. */
+static int
+vmdk_create_extents(const char *filename, const struct vmdk_create_params *p, char **lines,
+                    struct vimg_error *err)
+{
+    uint64_t left = p->size / VMDK_SECTOR;
+    unsigned index = 1;
+    int ret = 0;
+
+    do {
+        uint64_t n = p->is_split && left > VMDK_SPLIT_SECTORS ? VMDK_SPLIT_SECTORS : left;
+        char *path = vmdk_extent_name(filename, p, index++);
+        struct vimg_node *file;
+
+        if (!path)
+            return vimg_error_set(err, ENOMEM, "Out of memory");
+        if (p->is_flat) {
+            ret = vmdk_new_file(path, n * VMDK_SECTOR, &file, err);
+            if (ret == 0)
+                vimg_close(file);
+        } else {
+            ret = vmdk_create_sparse(path, p, n, NULL, err);
+        }
+        if (ret == 0)
+            ret = vmdk_add_extent_line(lines, p, n, path, err);
+        free(path);
+        left -= n;
+    } while (ret == 0 && left);
+    return ret;
+}
+
+static int
+vmdk_parent_cid(const char *filename, struct vmdk_create_params *p, struct vimg_error *err)
+{
+    struct vimg_node *parent;
+    char *path = NULL;
+    const char *slash = strrchr(filename, '/');
+    int ret;
+
+    p->parent_cid = UINT32_MAX;
+    if (!p->backing)
+        return 0;
+    if (p->backing[0] != '/' && slash) {
+        if (asprintf(&path, "%.*s/%s", (int)(slash - filename), filename, p->backing) < 0)
+            return vimg_error_set(err, ENOMEM, "Out of memory");
+    }
+    ret = vimg_open(&parent, path ? path : p->backing, NULL, NULL, VIMG_OPEN_NO_BACKING, err);
+    free(path);
+    if (ret < 0)
+        return ret;
+    if (strcmp(parent->drv->name, "vmdk") != 0) {
+        ret = vimg_error_set(err, EINVAL, "Invalid backing file format: %s. Must be vmdk.",
+                             parent->drv->name);
+    } else {
+        p->parent_cid = ((struct vmdk_state *)parent->state)->desc.cid;
+    }
+    vimg_close(parent);
+    return ret;
+}
+
+static int
+vmdk_write_desc_file(const char *filename, const char *desc, struct vimg_error *err)
+{
+    struct vimg_node *file;
+    int ret;
+
+    if ((ret = vmdk_new_file(filename, strlen(desc), &file, err)) < 0)
+        return ret;
+    ret = vimg_node_pwrite(file, 0, desc, strlen(desc), 0, err);
+    if (ret == 0)
+        ret = vimg_node_flush(file, err);
+    vimg_close(file);
+    return ret;
+}
+
+static int
+vmdk_create(const char *filename, struct vimg_opts *opts, struct vimg_error *err)
+{
+    struct vmdk_create_params p;
+    char *lines = NULL, *desc = NULL;
+    uint32_t cid;
+    int ret;
+
+    (void)vimg_opts_get(opts, "preallocation");
+    if ((ret = vmdk_parse_create(opts, &p, err)) < 0 ||
+        (ret = vmdk_parent_cid(filename, &p, err)) < 0)
+        return ret;
+    if (getrandom(&cid, sizeof(cid), 0) != sizeof(cid))
+        return vimg_error_set_errno(err, errno, "Could not generate a CID");
+    if (p.is_flat || p.is_split) {
+        ret = vmdk_create_extents(filename, &p, &lines, err);
+        if (ret == 0 && !(desc = vmdk_make_desc(&p, cid, lines)))
+            ret = vimg_error_set(err, ENOMEM, "Out of memory");
+        if (ret == 0)
+            ret = vmdk_write_desc_file(filename, desc, err);
+    } else {
+        const char *slash = strrchr(filename, '/');
+        p.is_flat = false;
+        ret = vmdk_add_extent_line(&lines, &p, p.size / VMDK_SECTOR,
+                                   slash ? slash + 1 : filename, err);
+        if (ret == 0 && !(desc = vmdk_make_desc(&p, cid, lines)))
+            ret = vimg_error_set(err, ENOMEM, "Out of memory");
+        if (ret == 0)
+            ret = vmdk_create_sparse(filename, &p, p.size / VMDK_SECTOR, desc, err);
+    }
+    free(lines);
+    free(desc);
+    return ret;
+}
+
+const struct vimg_driver vimg_vmdk_driver = {
+    .name = "vmdk",
+    .kind = VIMG_DRIVER_FORMAT,
+    .state_size = sizeof(struct vmdk_state),
+    .has_zero_init = true,
+    .supports_backing = true,
+    .probe = vmdk_probe,
+    .open = vmdk_open,
+    .close = vmdk_close,
+    .create_opts = vmdk_create_opts,
+    .create = vmdk_create,
+    .pread = vmdk_read,
+    .pwritev = vmdk_write,
+    .flush = vmdk_flush,
+    .block_status = vmdk_block_status,
+    .length = vmdk_length,
+    .allocated_size = vmdk_allocated_size,
+    .info = vmdk_info,
+};
