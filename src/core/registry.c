@@ -15,6 +15,7 @@ extern const struct vimg_driver vimg_luks_driver;
 extern const struct vimg_driver vimg_nbd_driver;
 #endif
 extern const struct vimg_driver vimg_parallels_driver;
+extern const struct vimg_driver vimg_qcow_driver;
 extern const struct vimg_driver vimg_qcow2_driver;
 extern const struct vimg_driver vimg_qed_driver;
 extern const struct vimg_driver vimg_raw_driver;
@@ -35,6 +36,7 @@ static const struct vimg_driver *const drivers[] = {
     &vimg_nbd_driver,
 #endif
     &vimg_parallels_driver,
+    &vimg_qcow_driver,
     &vimg_qcow2_driver,
     &vimg_qed_driver,
     &vimg_raw_driver,

@@ -125,9 +125,9 @@ parse_amend_options(const struct amend_args *a, const char *fmt)
             is_amend |= strcmp(amend_keys_qcow2[k], key) == 0;
         /* A creation option takes one of these values, whatever its type. */
         if (!is_amend && probe && vimg_opts_set(probe, key, "0", &err) == 0 &&
-            (vimg_create_validate(fmt, "file:", probe, &err) == 0 ||
+            (vimg_create_validate(fmt, NULL, probe, &err) == 0 ||
              (vimg_opts_set(probe, key, "on", &err) == 0 &&
-              vimg_create_validate(fmt, "file:", probe, &err) == 0)))
+              vimg_create_validate(fmt, NULL, probe, &err) == 0)))
             tool_error("Invalid parameter '%s'\nThis option is only supported for image "
                        "creation", key);
         else if (!is_amend)

@@ -23,15 +23,6 @@
 
 #define QCOW2_BITMAPS_EXT_SIZE 24
 
-static uint32_t
-qcow2_put_ext(uint8_t *buf, uint32_t at, uint32_t type, const void *data, uint32_t len)
-{
-    qcow2_put_be32(buf + at, type);
-    qcow2_put_be32(buf + at + 4, len);
-    memcpy(buf + at + 8, data, len);
-    return at + 8 + (uint32_t)qcow2_align_up(len, 8);
-}
-
 /* Bytes the extensions take (with the end marker), with the new ones from the state. */
 static uint64_t
 qcow2_exts_bytes(const struct qcow2_state *s)

@@ -211,33 +211,13 @@ qcow2_check_encryption(struct vimg_opts *opts, struct vimg_error *err)
     return vimg_error_set(err, ENOTSUP, "qcow2 encryption is not supported yet");
 }
 
-static uint32_t
-qcow2_put_ext(uint8_t *buf, uint32_t at, uint32_t type, const void *data, uint32_t len)
-{
-    qcow2_put_be32(buf + at, type);
-    qcow2_put_be32(buf + at + 4, len);
-    memcpy(buf + at + 8, data, len);
-    return at + 8 + (uint32_t)qcow2_align_up(len, 8);
-}
-
 /* The feature name table QEMU writes into every version 3 image. */
 static uint32_t
 qcow2_put_feature_table(uint8_t *buf, uint32_t at)
 {
-    static const struct { uint8_t type, bit; const char *name; } features[] = {
-        { 0, 0, "dirty bit" }, { 0, 1, "corrupt bit" }, { 0, 2, "external data file" },
-        { 0, 3, "compression type" }, { 0, 4, "extended L2 entries" },
-        { 1, 0, "lazy refcounts" }, { 2, 0, "bitmaps" }, { 2, 1, "raw external data" },
-    };
-    uint8_t table[sizeof(features) / sizeof(features[0]) * QCOW2_FEATURE_ENTRY_SIZE];
+    uint8_t table[QCOW2_FEATURE_TABLE_SIZE];
 
-    memset(table, 0, sizeof(table));
-    for (size_t i = 0; i < sizeof(features) / sizeof(features[0]); i++) {
-        uint8_t *e = table + i * QCOW2_FEATURE_ENTRY_SIZE;
-        e[0] = features[i].type;
-        e[1] = features[i].bit;
-        memcpy(e + 2, features[i].name, strlen(features[i].name));
-    }
+    qcow2_fill_feature_table(table);
     return qcow2_put_ext(buf, at, QCOW2_EXT_FEATURE_TABLE, table, sizeof(table));
 }
 

@@ -450,3 +450,33 @@ qcow2_free_header(struct qcow2_state *s)
     free(s->backing_format);
     s->backing_format = NULL;
 }
+
+uint32_t
+qcow2_put_ext(uint8_t *buf, uint32_t at, uint32_t type, const void *data, uint32_t len)
+{
+    qcow2_put_be32(buf + at, type);
+    qcow2_put_be32(buf + at + 4, len);
+    memcpy(buf + at + 8, data, len);
+    return at + 8 + (uint32_t)qcow2_align_up(len, 8);
+}
+
+static const struct {
+    uint8_t type, bit;
+    const char *name;
+} qcow2_feature_names[QCOW2_FEATURE_TABLE_ENTRIES] = {
+    { 0, 0, "dirty bit" }, { 0, 1, "corrupt bit" }, { 0, 2, "external data file" },
+    { 0, 3, "compression type" }, { 0, 4, "extended L2 entries" },
+    { 1, 0, "lazy refcounts" }, { 2, 0, "bitmaps" }, { 2, 1, "raw external data" },
+};
+
+void
+qcow2_fill_feature_table(uint8_t *table)
+{
+    memset(table, 0, QCOW2_FEATURE_TABLE_SIZE);
+    for (size_t i = 0; i < QCOW2_FEATURE_TABLE_ENTRIES; i++) {
+        uint8_t *e = table + i * QCOW2_FEATURE_ENTRY_SIZE;
+        e[0] = qcow2_feature_names[i].type;
+        e[1] = qcow2_feature_names[i].bit;
+        memcpy(e + 2, qcow2_feature_names[i].name, strlen(qcow2_feature_names[i].name));
+    }
+}

@@ -562,4 +562,5 @@ const struct vimg_driver vimg_qcow2_driver = {
     .snapshot_delete = qcow2_snapshot_delete,
     .bitmap = qcow2_bitmap,
     .rw_vmstate = qcow2_rw_vmstate,
+    .amend = qcow2_amend,
 };

@@ -341,11 +341,23 @@ int qcow2_snapshot_delete(struct vimg_node *node, const char *id, const char *na
 int qcow2_rw_vmstate(struct vimg_node *node, uint64_t offset, uint64_t bytes,
                      const struct iovec *iov, int n_iov, bool is_write, struct vimg_error *err);
 
+/* qcow2-amend.c: the driver's amend op; takes s->lock. */
+int qcow2_amend(struct vimg_node *node, struct vimg_opts *opts, bool is_forced,
+                struct vimg_error *err);
+
 /* qcow2-bitmap.c: the driver's bitmap op; takes s->lock. */
 int qcow2_bitmap(struct vimg_node *node, const struct vimg_bitmap_op *op, struct vimg_error *err);
 
 /* qcow2-check.c */
 int qcow2_check(struct vimg_node *node, int fix, struct vimg_check_result *result,
                 struct vimg_error *err);
+
+/* Appends one header extension at buf + at; returns the offset after it (8-aligned). */
+uint32_t qcow2_put_ext(uint8_t *buf, uint32_t at, uint32_t type, const void *data,
+                       uint32_t len);
+/* The feature name table QEMU writes into version 3 images. */
+#define QCOW2_FEATURE_TABLE_ENTRIES 8
+#define QCOW2_FEATURE_TABLE_SIZE (QCOW2_FEATURE_TABLE_ENTRIES * QCOW2_FEATURE_ENTRY_SIZE)
+void qcow2_fill_feature_table(uint8_t *table);
 
 #endif
