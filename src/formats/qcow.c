@@ -547,48 +547,6 @@ struct qcow_create_params {
     const char *backing_fmt;
 };
 
-/* Checks the backing file opens (format named or probed) and takes its size if needed. */
-static int
-qcow_check_backing(const char *filename, struct qcow_create_params *p, struct vimg_error *err)
-{
-    struct vimg_node *b;
-    char *path = NULL;
-    const char *slash;
-    int64_t len;
-    int ret;
-
-    if (!p->backing_file)
-        return 0;
-    if (p->backing_file[0] != '/' && (slash = strrchr(filename, '/')) &&
-        !strstr(p->backing_file, "://") && strncmp(p->backing_file, "json:", 5) != 0) {
-        if (asprintf(&path, "%.*s/%s", (int)(slash - filename), filename, p->backing_file) < 0)
-            return vimg_error_set(err, ENOMEM, "Out of memory");
-    }
-    ret = vimg_open(&b, path ? path : p->backing_file, p->backing_fmt, NULL,
-                    VIMG_OPEN_NO_BACKING | VIMG_OPEN_FORCE_SHARE, err);
-    free(path);
-    if (ret < 0) {
-        char msg[VIMG_ERROR_MSG_MAX];
-        snprintf(msg, sizeof(msg), "%s", err->msg);
-        return vimg_error_set(err, -ret, "%s\nCould not open backing image.", msg);
-    }
-    if (!p->backing_fmt) {
-        ret = vimg_error_set(err, EINVAL, "Backing file specified without backing format\n"
-                             "Detected format of %s.", vimg_node_format(b));
-        vimg_close(b);
-        return ret;
-    }
-    len = vimg_node_length(b, err);
-    vimg_close(b);
-    if (len < 0)
-        return (int)len;
-    if (!p->has_size) {
-        p->size = (uint64_t)len;
-        p->has_size = true;
-    }
-    return 0;
-}
-
 /* Encryption options, checked as qemu-img does once the file exists. */
 static int
 qcow_check_encryption(struct vimg_opts *opts, struct vimg_error *err)
@@ -614,7 +572,7 @@ qcow_check_encryption(struct vimg_opts *opts, struct vimg_error *err)
 }
 
 static int
-qcow_parse_create(const char *filename, struct vimg_opts *opts, struct qcow_create_params *p,
+qcow_parse_create(struct vimg_opts *opts, struct qcow_create_params *p,
                   struct vimg_error *err)
 {
     int ret;
@@ -623,9 +581,9 @@ qcow_parse_create(const char *filename, struct vimg_opts *opts, struct qcow_crea
     p->backing_file = vimg_opts_get(opts, "backing_file");
     p->backing_fmt = vimg_opts_get(opts, "backing_fmt");
     p->has_size = vimg_opts_has(opts, "size");
-    if ((ret = vimg_opts_get_size(opts, "size", 0, &p->size, err)) < 0 ||
-        (ret = qcow_check_backing(filename, p, err)) < 0)
+    if ((ret = vimg_opts_get_size(opts, "size", 0, &p->size, err)) < 0)
         return ret;
+    /* `create` checked the backing file and took the size from it, unless -u. */
     if (!p->has_size)
         return vimg_error_set(err, EINVAL, "Image creation needs a size parameter");
     if (p->size % QCOW_SECTOR_SIZE &&
@@ -705,7 +663,7 @@ qcow_create(const char *filename, struct vimg_opts *opts, struct vimg_error *err
     struct vimg_node *file;
     int ret;
 
-    if ((ret = qcow_parse_create(filename, opts, &p, err)) < 0 ||
+    if ((ret = qcow_parse_create(opts, &p, err)) < 0 ||
         (ret = qcow_create_storage(filename, opts, err)) < 0 ||
         (ret = qcow_check_encryption(opts, err)) < 0)
         return ret;

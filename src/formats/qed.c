@@ -613,50 +613,8 @@ struct qed_create_params {
     const char *backing_fmt;
 };
 
-/* Checks the backing file opens (format named or probed) and takes its size if needed. */
 static int
-qed_check_backing(const char *filename, struct qed_create_params *p, struct vimg_error *err)
-{
-    struct vimg_node *b;
-    char *path = NULL;
-    const char *slash;
-    int64_t len;
-    int ret;
-
-    if (!p->backing_file)
-        return 0;
-    if (p->backing_file[0] != '/' && (slash = strrchr(filename, '/')) &&
-        !strstr(p->backing_file, "://") && strncmp(p->backing_file, "json:", 5) != 0) {
-        if (asprintf(&path, "%.*s/%s", (int)(slash - filename), filename, p->backing_file) < 0)
-            return vimg_error_set(err, ENOMEM, "Out of memory");
-    }
-    ret = vimg_open(&b, path ? path : p->backing_file, p->backing_fmt, NULL,
-                    VIMG_OPEN_NO_BACKING | VIMG_OPEN_FORCE_SHARE, err);
-    free(path);
-    if (ret < 0) {
-        char msg[VIMG_ERROR_MSG_MAX];
-        snprintf(msg, sizeof(msg), "%s", err->msg);
-        return vimg_error_set(err, -ret, "%s\nCould not open backing image.", msg);
-    }
-    if (!p->backing_fmt) {
-        ret = vimg_error_set(err, EINVAL, "Backing file specified without backing format\n"
-                             "Detected format of %s.", vimg_node_format(b));
-        vimg_close(b);
-        return ret;
-    }
-    len = vimg_node_length(b, err);
-    vimg_close(b);
-    if (len < 0)
-        return (int)len;
-    if (!p->has_size) {
-        p->size = (uint64_t)len;
-        p->has_size = true;
-    }
-    return 0;
-}
-
-static int
-qed_parse_create(const char *filename, struct vimg_opts *opts, struct qed_create_params *p,
+qed_parse_create(struct vimg_opts *opts, struct qed_create_params *p,
                  struct vimg_error *err)
 {
     uint64_t max;
@@ -680,8 +638,7 @@ qed_parse_create(const char *filename, struct vimg_opts *opts, struct qed_create
     if (!qed_is_pow2(p->table_size) || p->table_size > QED_MAX_TABLE_SIZE)
         return vimg_error_set(err, EINVAL, "QED table size must be within range [1, %d] and "
                               "power of 2", QED_MAX_TABLE_SIZE);
-    if ((ret = qed_check_backing(filename, p, err)) < 0)
-        return ret;
+    /* `create` checked the backing file and took the size from it, unless -u. */
     if (!p->has_size)
         return vimg_error_set(err, EINVAL, "Image creation needs a size parameter");
     if (p->size % QED_SECTOR_SIZE &&
@@ -762,7 +719,7 @@ qed_create(const char *filename, struct vimg_opts *opts, struct vimg_error *err)
     struct vimg_node *file;
     int ret;
 
-    if ((ret = qed_parse_create(filename, opts, &p, err)) < 0 ||
+    if ((ret = qed_parse_create(opts, &p, err)) < 0 ||
         (ret = qed_create_storage(filename, opts, err)) < 0)
         return ret;
     ret = vimg_open(&file, filename, NULL, NULL, VIMG_OPEN_RDWR | VIMG_OPEN_PROTOCOL, err);
