@@ -1413,7 +1413,7 @@ vmdk_make_desc(const struct vmdk_create_params *p, uint32_t cid, const char *ext
 
     if (p->backing)
         snprintf(parent, sizeof(parent), "parentFileNameHint=\"%s\"", p->backing);
-    if (asprintf(&out, "# Disk DescriptorFile\nversion=1\nCID=%08" PRIx32 "\nparentCID=%08"
+    if (asprintf(&out, "# Disk DescriptorFile\nversion=1\nCID=%" PRIx32 "\nparentCID=%"
                  PRIx32 "\ncreateType=\"%s\"\n%s\n# Extent description\n%s\n"
                  "# The Disk Data Base\n#DDB\n\nddb.virtualHWVersion = \"%s\"\n"
                  "ddb.geometry.cylinders = \"%" PRIu64 "\"\nddb.geometry.heads = \"%d\"\n"

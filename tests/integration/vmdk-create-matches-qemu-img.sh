@@ -26,7 +26,10 @@ for s in monolithicSparse monolithicFlat twoGbMaxExtentSparse twoGbMaxExtentFlat
             [ "$(stat -c %s "$f")" = "$(stat -c %s "q/$f")" ] || fail "$f: size differs"
             continue
         fi
-        cmp <(sed 's/^CID=.*//' "$f" | od -c) <(sed 's/^CID=.*//' "q/$f" | od -c) >/dev/null ||
+        # The random CID is written without leading zeros, so its length (and with it
+        # the zero padding after the embedded descriptor) varies: compare the rest.
+        cmp <(sed 's/^CID=.*//' "$f" | tr -d '\0' | od -c) \
+            <(sed 's/^CID=.*//' "q/$f" | tr -d '\0' | od -c) >/dev/null ||
             fail "$f differs from qemu-img's"
     done
     qemu-img check "$s.vmdk" >/dev/null 2>&1; q=$?
