@@ -253,6 +253,28 @@ vimg_create_file(const char *filename, struct vimg_opts *opts, struct vimg_error
 }
 
 int
+vimg_create_file_empty(const char *filename, struct vimg_opts *opts, struct vimg_error *err)
+{
+    const struct vimg_driver *proto = vimg_protocol_guess(filename);
+    struct vimg_opts *o = vimg_opts_new();
+    int ret = 0;
+
+    if (!o)
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    for (const struct vimg_opt_desc *d = proto->create_opts; d && d->name && ret == 0; d++) {
+        const char *v = vimg_opts_peek(opts, d->name);
+        if (v && strcmp(d->name, "size") != 0 && strcmp(d->name, "preallocation") != 0)
+            ret = vimg_opts_set(o, d->name, v, err);
+    }
+    if (ret == 0)
+        ret = vimg_opts_set(o, "size", "0", err);
+    if (ret == 0)
+        ret = vimg_create_file(filename, o, err);
+    vimg_opts_free(o);
+    return ret;
+}
+
+int
 vimg_create(const char *filename, const char *format, struct vimg_opts *opts,
             struct vimg_error *err)
 {

@@ -200,6 +200,13 @@ const char *vimg_prealloc_name(int mode);
  * default), passing it the protocol's creation options from opts.
  */
 int vimg_create_file(const char *filename, struct vimg_opts *opts, struct vimg_error *err);
+/*
+ * Creates the empty file a format writes its image into: the protocol's
+ * options from opts (nocow, ...) except size and preallocation, which the
+ * format applies itself.
+ */
+int vimg_create_file_empty(const char *filename, struct vimg_opts *opts,
+                           struct vimg_error *err);
 
 /* Locking helpers for protocols with a file descriptor (core/lock.c). */
 enum vimg_lock_mode { VIMG_LOCK_AUTO, VIMG_LOCK_ON, VIMG_LOCK_OFF };

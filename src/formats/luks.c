@@ -320,29 +320,6 @@ static const struct vimg_opt_desc luks_create_opts[] = {
     { NULL, 0, NULL, NULL },
 };
 
-/* The file, empty: size and preallocation are applied once the header is written. */
-static int
-luks_create_storage(const char *filename, struct vimg_opts *opts, struct vimg_error *err)
-{
-    static const char *const keys[] = { "nocow", "extent_size_hint", NULL };
-    struct vimg_opts *o = vimg_opts_new();
-    int ret = 0;
-
-    if (!o)
-        return vimg_error_set(err, ENOMEM, "Out of memory");
-    for (const char *const *k = keys; *k && ret == 0; k++) {
-        const char *v = vimg_opts_get(opts, *k);
-        if (v)
-            ret = vimg_opts_set(o, *k, v, err);
-    }
-    if (ret == 0)
-        ret = vimg_opts_set(o, "size", "0", err);
-    if (ret == 0)
-        ret = vimg_create_file(filename, o, err);
-    vimg_opts_free(o);
-    return ret;
-}
-
 /* Like qemu-img, a failed creation leaves no file behind (plain files only). */
 static void
 luks_remove_storage(const char *filename)
@@ -426,7 +403,7 @@ luks_create(const char *filename, struct vimg_opts *opts, struct vimg_error *err
 
     if ((ret = luks_parse_create(opts, &p, err)) < 0)
         return ret;
-    if ((ret = luks_create_storage(filename, opts, err)) < 0)
+    if ((ret = vimg_create_file_empty(filename, opts, err)) < 0)
         return ret;
     if ((ret = luks_get_passphrase(key_secret, &pass, &pass_len, err)) == 0)
         ret = luks_format(filename, &p, pass, pass_len, err);

@@ -516,30 +516,6 @@ vdi_write_new(struct vimg_node *file, uint64_t size, bool is_static, struct vimg
     return ret;
 }
 
-/* Protocol-level creation options only; vdi ignores preallocation, as vpc does. */
-static int
-vdi_create_storage(const char *filename, struct vimg_opts *opts, struct vimg_error *err)
-{
-    static const char *const keys[] = { "nocow", "extent_size_hint", NULL };
-    struct vimg_opts *o = vimg_opts_new();
-    int ret = 0;
-
-    if (!o)
-        return vimg_error_set(err, ENOMEM, "Out of memory");
-    for (const char *const *k = keys; *k && ret == 0; k++) {
-        const char *v = vimg_opts_get(opts, *k);
-        if (v)
-            ret = vimg_opts_set(o, *k, v, err);
-    }
-    (void)vimg_opts_get(opts, "preallocation");
-    if (ret == 0)
-        ret = vimg_opts_set(o, "size", "0", err);
-    if (ret == 0)
-        ret = vimg_create_file(filename, o, err);
-    vimg_opts_free(o);
-    return ret;
-}
-
 static int
 vdi_create(const char *filename, struct vimg_opts *opts, struct vimg_error *err)
 {
@@ -554,7 +530,7 @@ vdi_create(const char *filename, struct vimg_opts *opts, struct vimg_error *err)
         return vimg_error_set(err, EINVAL, "Image creation needs a size parameter");
     if ((ret = vimg_opts_get_size(opts, "size", 0, &size, err)) < 0)
         return ret;
-    if ((ret = vdi_create_storage(filename, opts, err)) < 0)
+    if ((ret = vimg_create_file_empty(filename, opts, err)) < 0)
         return ret;
     /* qemu-img checks the size once the file exists, and leaves it behind. */
     if (size % VDI_SECTOR_SIZE &&

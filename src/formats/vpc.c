@@ -860,30 +860,6 @@ vpc_write_new(struct vimg_node *file, const struct vpc_create_params *p,
     return ret;
 }
 
-/* Protocol-level creation options only; vpc ignores preallocation, as qemu-img does. */
-static int
-vpc_create_storage(const char *filename, struct vimg_opts *opts, struct vimg_error *err)
-{
-    static const char *const keys[] = { "nocow", "extent_size_hint", NULL };
-    struct vimg_opts *o = vimg_opts_new();
-    int ret = 0;
-
-    if (!o)
-        return vimg_error_set(err, ENOMEM, "Out of memory");
-    for (const char *const *k = keys; *k && ret == 0; k++) {
-        const char *v = vimg_opts_get(opts, *k);
-        if (v)
-            ret = vimg_opts_set(o, *k, v, err);
-    }
-    (void)vimg_opts_get(opts, "preallocation");
-    if (ret == 0)
-        ret = vimg_opts_set(o, "size", "0", err);
-    if (ret == 0)
-        ret = vimg_create_file(filename, o, err);
-    vimg_opts_free(o);
-    return ret;
-}
-
 static int
 vpc_create(const char *filename, struct vimg_opts *opts, struct vimg_error *err)
 {
@@ -892,7 +868,7 @@ vpc_create(const char *filename, struct vimg_opts *opts, struct vimg_error *err)
     int ret;
 
     if ((ret = vpc_parse_create(opts, &p, err)) < 0 ||
-        (ret = vpc_create_storage(filename, opts, err)) < 0)
+        (ret = vimg_create_file_empty(filename, opts, err)) < 0)
         return ret;
     /* qemu-img checks the size once the file exists, and leaves it behind. */
     if ((ret = vpc_size_params(&p, err)) < 0)

@@ -288,29 +288,6 @@ qcow2_build_header(const struct qcow2_create_params *p, uint8_t *buf, struct vim
     return 0;
 }
 
-/* Protocol-level creation options only; size and preallocation are ours. */
-static int
-qcow2_create_storage(const char *filename, struct vimg_opts *opts, struct vimg_error *err)
-{
-    static const char *const keys[] = { "nocow", "extent_size_hint", NULL };
-    struct vimg_opts *o = vimg_opts_new();
-    int ret = 0;
-
-    if (!o)
-        return vimg_error_set(err, ENOMEM, "Out of memory");
-    for (const char *const *k = keys; *k && ret == 0; k++) {
-        const char *v = vimg_opts_get(opts, *k);
-        if (v)
-            ret = vimg_opts_set(o, *k, v, err);
-    }
-    if (ret == 0)
-        ret = vimg_opts_set(o, "size", "0", err);
-    if (ret == 0)
-        ret = vimg_create_file(filename, o, err);
-    vimg_opts_free(o);
-    return ret;
-}
-
 static int
 qcow2_write_initial(const char *filename, const struct qcow2_create_params *p,
                     struct vimg_error *err)
@@ -383,9 +360,9 @@ qcow2_create(const char *filename, struct vimg_opts *opts, struct vimg_error *er
     /* The backing file was checked, and gave the size, in `create` unless -u said not to. */
     if (!p.has_size)
         return vimg_error_set(err, EINVAL, "Image creation needs a size parameter");
-    if ((ret = qcow2_create_storage(filename, opts, err)) < 0)
+    if ((ret = vimg_create_file_empty(filename, opts, err)) < 0)
         return ret;
-    if (p.data_file && (ret = qcow2_create_storage(p.data_file, opts, err)) < 0)
+    if (p.data_file && (ret = vimg_create_file_empty(p.data_file, opts, err)) < 0)
         return ret;
     if ((ret = qcow2_write_initial(filename, &p, err)) < 0)
         return ret;
