@@ -147,3 +147,43 @@ tool_meter_end(struct tool_meter *m)
     printf("\n");
     fflush(stdout);
 }
+
+/* A format-specific key as QEMU's human dump prints it: "compression type". */
+static void
+dump_key(const char *key, int indent)
+{
+    printf("%*s", indent, "");
+    for (const char *p = key; *p; p++)
+        putchar(*p == '-' ? ' ' : *p);
+}
+
+/* The human rendering of a format-specific tree, as qemu-img info prints it. */
+void
+tool_dump_tree(const json_t *v, int indent)
+{
+    const char *key;
+    json_t *child;
+    size_t i;
+
+    if (json_is_object(v)) {
+        json_object_foreach((json_t *)v, key, child) {
+            dump_key(key, indent);
+            printf(json_is_object(child) || json_is_array(child) ? ":\n" : ": ");
+            tool_dump_tree(child, json_is_object(child) || json_is_array(child) ? indent + 4 : 0);
+        }
+    } else if (json_is_array(v)) {
+        json_array_foreach(v, i, child) {
+            bool is_tree = json_is_object(child) || json_is_array(child);
+            printf("%*s[%zu]:%s", indent, "", i, is_tree ? "\n" : " ");
+            tool_dump_tree(child, is_tree ? indent + 4 : 0);
+        }
+    } else if (json_is_string(v)) {
+        printf("%s\n", json_string_value(v));
+    } else if (json_is_integer(v)) {
+        printf("%" JSON_INTEGER_FORMAT "\n", json_integer_value(v));
+    } else if (json_is_boolean(v)) {
+        printf("%s\n", json_is_true(v) ? "true" : "false");
+    } else if (json_is_real(v)) {
+        printf("%g\n", json_real_value(v));
+    }
+}

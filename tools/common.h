@@ -47,4 +47,7 @@ void tool_meter_set(struct tool_meter *m, float pct);
 void tool_meter_add(struct tool_meter *m, float delta);
 void tool_meter_end(struct tool_meter *m);
 
+/* Prints a format-specific info tree as QEMU's human dump does ("lazy refcounts: false"). */
+void tool_dump_tree(const json_t *v, int indent);
+
 #endif

@@ -461,46 +461,6 @@ io_cmd_close(struct io_state *s, int argc, char **argv)
     return 0;
 }
 
-/* A format-specific key as QEMU's human dump prints it: "compression type". */
-static void
-info_print_key(const char *key, int indent)
-{
-    printf("%*s", indent, "");
-    for (const char *p = key; *p; p++)
-        putchar(*p == '-' ? ' ' : *p);
-}
-
-/* The human rendering of a format-specific tree, as qemu-img info prints it. */
-static void
-info_dump(const json_t *v, int indent)
-{
-    const char *key;
-    json_t *child;
-    size_t i;
-
-    if (json_is_object(v)) {
-        json_object_foreach((json_t *)v, key, child) {
-            info_print_key(key, indent);
-            printf(json_is_object(child) || json_is_array(child) ? ":\n" : ": ");
-            info_dump(child, json_is_object(child) || json_is_array(child) ? indent + 4 : 0);
-        }
-    } else if (json_is_array(v)) {
-        json_array_foreach(v, i, child) {
-            bool is_tree = json_is_object(child) || json_is_array(child);
-            printf("%*s[%zu]:%s", indent, "", i, is_tree ? "\n" : " ");
-            info_dump(child, is_tree ? indent + 4 : 0);
-        }
-    } else if (json_is_string(v)) {
-        printf("%s\n", json_string_value(v));
-    } else if (json_is_integer(v)) {
-        printf("%" JSON_INTEGER_FORMAT "\n", json_integer_value(v));
-    } else if (json_is_boolean(v)) {
-        printf("%s\n", json_is_true(v) ? "true" : "false");
-    } else if (json_is_real(v)) {
-        printf("%g\n", json_real_value(v));
-    }
-}
-
 /*
  * Where qcow2 keeps the VM state: the first guest offset that the L1 table
  * of the disk's size no longer covers, in whole L2 tables (8-byte entries,
@@ -542,7 +502,7 @@ io_cmd_info(struct io_state *s, int argc, char **argv)
     printf("vm state offset: %s\n", buf);
     if (spec) {
         printf("Format specific information:\n");
-        info_dump(json_object_get(spec, "data"), 4);
+        tool_dump_tree(json_object_get(spec, "data"), 4);
     }
     json_decref(info);
     return 0;

@@ -9,56 +9,6 @@
 
 enum { OPT_OBJECT = 256, OPT_IMAGE_OPTS, OPT_OUTPUT, OPT_BACKING_CHAIN, OPT_FORCE_SHARE };
 
-/* "compression-type" is printed "compression type" in the human form. */
-static void
-print_key(const char *key, int indent)
-{
-    printf("%*s", indent, "");
-    for (const char *p = key; *p; p++)
-        putchar(*p == '-' ? ' ' : *p);
-}
-
-/* The human rendering of a format-specific tree, as QEMU's dump of a QObject. */
-static void
-dump_value(const json_t *v, int indent)
-{
-    const char *key;
-    json_t *child;
-    size_t i;
-
-    if (json_is_object(v)) {
-        json_object_foreach((json_t *)v, key, child) {
-            print_key(key, indent);
-            if (json_is_object(child) || json_is_array(child)) {
-                printf(":\n");
-                dump_value(child, indent + 4);
-            } else {
-                printf(": ");
-                dump_value(child, 0);
-            }
-        }
-    } else if (json_is_array(v)) {
-        json_array_foreach(v, i, child) {
-            printf("%*s[%zu]:", indent, "", i);
-            if (json_is_object(child) || json_is_array(child)) {
-                printf("\n");
-                dump_value(child, indent + 4);
-            } else {
-                printf(" ");
-                dump_value(child, 0);
-            }
-        }
-    } else if (json_is_string(v)) {
-        printf("%s\n", json_string_value(v));
-    } else if (json_is_integer(v)) {
-        printf("%" JSON_INTEGER_FORMAT "\n", json_integer_value(v));
-    } else if (json_is_boolean(v)) {
-        printf("%s\n", json_is_true(v) ? "true" : "false");
-    } else if (json_is_real(v)) {
-        printf("%g\n", json_real_value(v));
-    }
-}
-
 static void
 print_snapshots(const json_t *arr)
 {
@@ -125,7 +75,7 @@ print_human(const json_t *info)
         print_snapshots(v);
     if ((v = json_object_get(info, "format-specific"))) {
         printf("Format specific information:\n");
-        dump_value(json_object_get(v, "data"), 4);
+        tool_dump_tree(json_object_get(v, "data"), 4);
     }
 }
 
