@@ -56,7 +56,7 @@ struct vimg_driver {
     bool is_filter;                       /* passes its parent's permissions to "file" */
     bool has_zero_init;                   /* a new image reads as zeros */
     bool supports_backing;
-    bool lacks_get_info;                  /* QEMU's driver has no get_info: info omits "dirty-flag" */
+    bool lacks_get_info;                  /* QEMU's has no get_info: info omits "dirty-flag" */
     /* Options that change what the guest sees; when given, `info` names the node json:{...}. */
     const char *const *strong_opts;
 
@@ -176,6 +176,15 @@ int vimg_open_child(struct vimg_node **out, struct vimg_node *parent, const char
                     const char *filename, const char *format, struct vimg_opts *opts,
                     unsigned flags, struct vimg_error *err);
 const struct vimg_driver *vimg_driver_find(const char *name);
+/* iovec helpers: skip bytes into iov, then bytes of it (core/io.c). */
+void vimg_iov_to_buf(const struct iovec *iov, int n_iov, uint64_t skip, void *buf,
+                     uint64_t bytes);
+void vimg_buf_to_iov(const void *buf, uint64_t bytes, const struct iovec *iov, int n_iov,
+                     uint64_t skip);
+void vimg_iov_memset(const struct iovec *iov, int n_iov, uint64_t skip, uint64_t bytes);
+/* A sub-vector of iov covering [skip, skip + bytes); *out must be freed. -ENOMEM or 0. */
+int vimg_iov_slice(const struct iovec *iov, int n_iov, uint64_t skip, uint64_t bytes,
+                   struct iovec **out, int *n_out);
 /* Reads [offset, +bytes) of child; what lies past its end reads as zeros. */
 int vimg_node_pread_padded(struct vimg_node *child, uint64_t offset, void *buf, uint64_t bytes,
                            struct vimg_error *err);

@@ -47,8 +47,8 @@ iov_is_aligned(const struct iovec *iov, int n_iov, uint32_t mem_align, uint32_t 
     return true;
 }
 
-static void
-iov_to_buf(const struct iovec *iov, int n_iov, uint64_t skip, void *buf, uint64_t bytes)
+void
+vimg_iov_to_buf(const struct iovec *iov, int n_iov, uint64_t skip, void *buf, uint64_t bytes)
 {
     unsigned char *out = buf;
 
@@ -68,8 +68,8 @@ iov_to_buf(const struct iovec *iov, int n_iov, uint64_t skip, void *buf, uint64_
     }
 }
 
-static void
-buf_to_iov(const void *buf, uint64_t bytes, const struct iovec *iov, int n_iov, uint64_t skip)
+void
+vimg_buf_to_iov(const void *buf, uint64_t bytes, const struct iovec *iov, int n_iov, uint64_t skip)
 {
     const unsigned char *in = buf;
 
@@ -89,8 +89,8 @@ buf_to_iov(const void *buf, uint64_t bytes, const struct iovec *iov, int n_iov, 
     }
 }
 
-static void
-iov_memset(const struct iovec *iov, int n_iov, uint64_t skip, uint64_t bytes)
+void
+vimg_iov_memset(const struct iovec *iov, int n_iov, uint64_t skip, uint64_t bytes)
 {
     for (int i = 0; i < n_iov && bytes; i++) {
         uint64_t len = iov[i].iov_len;
@@ -107,9 +107,8 @@ iov_memset(const struct iovec *iov, int n_iov, uint64_t skip, uint64_t bytes)
     }
 }
 
-/* A sub-vector of iov covering [skip, skip + bytes); *out must be freed. */
-static int
-iov_slice(const struct iovec *iov, int n_iov, uint64_t skip, uint64_t bytes,
+int
+vimg_iov_slice(const struct iovec *iov, int n_iov, uint64_t skip, uint64_t bytes,
           struct iovec **out, int *n_out)
 {
     struct iovec *v = malloc((size_t)(n_iov > 0 ? n_iov : 1) * sizeof(*v));
@@ -164,7 +163,7 @@ driver_preadv(struct vimg_node *node, uint64_t offset, uint64_t bytes, const str
         return vimg_error_set(err, ENOMEM, "Out of memory");
     ret = node->drv->pread(node, offset, buf, bytes, err);
     if (ret == 0)
-        buf_to_iov(buf, bytes, iov, n_iov, 0);
+        vimg_buf_to_iov(buf, bytes, iov, n_iov, 0);
     free(buf);
     return ret;
 }
@@ -201,7 +200,7 @@ driver_rw_split(struct vimg_node *node, bool is_write, uint64_t offset, uint64_t
         struct iovec *sub;
         int n_sub, ret;
 
-        if (iov_slice(iov, n_iov, done, len, &sub, &n_sub) < 0)
+        if (vimg_iov_slice(iov, n_iov, done, len, &sub, &n_sub) < 0)
             return vimg_error_set(err, ENOMEM, "Out of memory");
         ret = is_write ? node->drv->pwritev(node, offset + done, len, sub, n_sub, flags, err)
                        : driver_preadv(node, offset + done, len, sub, n_sub, flags, err);
@@ -236,7 +235,7 @@ driver_read_aligned(struct vimg_node *node, uint64_t offset, uint64_t bytes,
     biov.iov_len = end - start;
     ret = driver_rw_split(node, false, start, end - start, &biov, 1, flags, err);
     if (ret == 0)
-        buf_to_iov(bounce + (offset - start), bytes, iov, n_iov, 0);
+        vimg_buf_to_iov(bounce + (offset - start), bytes, iov, n_iov, 0);
     free(bounce);
     return ret;
 }
@@ -272,7 +271,7 @@ driver_write_aligned(struct vimg_node *node, uint64_t offset, uint64_t bytes,
         ret = driver_rw_split(node, false, end - align, align, &biov, 1, 0, err);
     }
     if (ret == 0) {
-        iov_to_buf(iov, n_iov, 0, bounce + (offset - start), bytes);
+        vimg_iov_to_buf(iov, n_iov, 0, bounce + (offset - start), bytes);
         biov.iov_base = bounce;
         biov.iov_len = end - start;
         ret = driver_rw_split(node, true, start, end - start, &biov, 1, flags, err);
@@ -307,7 +306,7 @@ read_through_backing(struct vimg_node *node, uint64_t offset, uint64_t bytes,
         len = bs.bytes < bytes - done ? bs.bytes : bytes - done;
         if (len == 0)
             return vimg_error_set(err, EIO, "Block status returned an empty range");
-        if (iov_slice(iov, n_iov, done, len, &sub, &n_sub) < 0)
+        if (vimg_iov_slice(iov, n_iov, done, len, &sub, &n_sub) < 0)
             return vimg_error_set(err, ENOMEM, "Out of memory");
         if (bs.flags & VIMG_BS_ALLOCATED) {
             ret = driver_read_aligned(node, offset + done, len, sub, n_sub, flags, err);
@@ -320,7 +319,7 @@ read_through_backing(struct vimg_node *node, uint64_t offset, uint64_t bytes,
             if (in_backing)
                 ret = vimg_node_preadv(node->backing, pos, in_backing, sub, n_sub, flags, err);
             if (ret == 0 && in_backing < len)
-                iov_memset(sub, n_sub, in_backing, len - in_backing);
+                vimg_iov_memset(sub, n_sub, in_backing, len - in_backing);
         }
         free(sub);
         if (ret < 0)

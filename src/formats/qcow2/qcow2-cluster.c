@@ -22,81 +22,6 @@ qcow2_data_node(struct vimg_node *node)
     return node->data_file ? node->data_file : node->file;
 }
 
-/* ---- iovec helpers ---- */
-
-static void
-qcow2_iov_memset(const struct iovec *iov, int n_iov, uint64_t skip, uint64_t bytes)
-{
-    for (int i = 0; i < n_iov && bytes; i++) {
-        uint64_t len = iov[i].iov_len;
-        if (skip >= len) {
-            skip -= len;
-            continue;
-        }
-        len -= skip;
-        if (len > bytes)
-            len = bytes;
-        memset((uint8_t *)iov[i].iov_base + skip, 0, len);
-        bytes -= len;
-        skip = 0;
-    }
-}
-
-/* Copies between iov (from skip) and buf; to_iov says which way. */
-static void
-qcow2_iov_copy(const struct iovec *iov, int n_iov, uint64_t skip, uint8_t *buf, uint64_t bytes,
-               bool to_iov)
-{
-    for (int i = 0; i < n_iov && bytes; i++) {
-        uint64_t len = iov[i].iov_len;
-        uint8_t *p;
-        if (skip >= len) {
-            skip -= len;
-            continue;
-        }
-        len -= skip;
-        if (len > bytes)
-            len = bytes;
-        p = (uint8_t *)iov[i].iov_base + skip;
-        if (to_iov)
-            memcpy(p, buf, len);
-        else
-            memcpy(buf, p, len);
-        buf += len;
-        bytes -= len;
-        skip = 0;
-    }
-}
-
-static int
-qcow2_iov_slice(const struct iovec *iov, int n_iov, uint64_t skip, uint64_t bytes,
-                struct iovec **out, int *n_out, struct vimg_error *err)
-{
-    struct iovec *v = malloc((size_t)(n_iov > 0 ? n_iov : 1) * sizeof(*v));
-    int n = 0;
-
-    if (!v)
-        return vimg_error_set(err, ENOMEM, "Out of memory");
-    for (int i = 0; i < n_iov && bytes; i++) {
-        uint64_t len = iov[i].iov_len;
-        if (skip >= len) {
-            skip -= len;
-            continue;
-        }
-        len -= skip;
-        if (len > bytes)
-            len = bytes;
-        v[n].iov_base = (uint8_t *)iov[i].iov_base + skip;
-        v[n].iov_len = len;
-        n++;
-        bytes -= len;
-        skip = 0;
-    }
-    *out = v;
-    *n_out = n;
-    return 0;
-}
-
 /* ---- L1 / L2 ---- */
 
 static uint64_t
@@ -316,7 +241,7 @@ qcow2_read_backing(struct vimg_node *node, uint64_t offset, uint64_t bytes,
     int ret = 0;
 
     if (!node->backing) {
-        qcow2_iov_memset(iov, n_iov, 0, bytes);
+        vimg_iov_memset(iov, n_iov, 0, bytes);
         return 0;
     }
     if ((len = vimg_node_length(node->backing, err)) < 0)
@@ -326,7 +251,7 @@ qcow2_read_backing(struct vimg_node *node, uint64_t offset, uint64_t bytes,
     if (in_backing)
         ret = vimg_node_preadv(node->backing, offset, in_backing, iov, n_iov, 0, err);
     if (ret == 0 && in_backing < bytes)
-        qcow2_iov_memset(iov, n_iov, in_backing, bytes - in_backing);
+        vimg_iov_memset(iov, n_iov, in_backing, bytes - in_backing);
     return ret;
 }
 
@@ -352,7 +277,7 @@ qcow2_read_compressed(struct vimg_node *node, uint64_t entry, uint64_t in_cluste
     if ((ret = qcow2_decompress(s->compression_type, in, csize, out, s->cluster_size,
                                 err)) < 0)
         goto out;
-    qcow2_iov_copy(iov, n_iov, 0, out + in_cluster, bytes, true);
+    vimg_buf_to_iov(out + in_cluster, bytes, iov, n_iov, 0);
 out:
     free(in);
     free(out);
@@ -369,7 +294,7 @@ qcow2_read_run(struct vimg_node *node, const struct qcow2_mapping *m, uint64_t o
     case QCOW2_UNALLOCATED:
         return qcow2_read_backing(node, offset, m->bytes, iov, n_iov, err);
     case QCOW2_ZERO:
-        qcow2_iov_memset(iov, n_iov, 0, m->bytes);
+        vimg_iov_memset(iov, n_iov, 0, m->bytes);
         return 0;
     case QCOW2_COMPRESSED:
         return qcow2_read_compressed(node, m->l2_entry, offset % s->cluster_size, m->bytes,
@@ -403,8 +328,8 @@ qcow2_read_impl(struct vimg_node *node, uint64_t offset, uint64_t bytes,
             pthread_mutex_unlock(&s->lock);
         if (ret < 0)
             return ret;
-        if ((ret = qcow2_iov_slice(iov, n_iov, done, m.bytes, &sub, &n_sub, err)) < 0)
-            return ret;
+        if (vimg_iov_slice(iov, n_iov, done, m.bytes, &sub, &n_sub) < 0)
+            return vimg_error_set(err, ENOMEM, "Out of memory");
         ret = qcow2_read_run(node, &m, offset + done, sub, n_sub, err);
         free(sub);
         if (ret < 0)
@@ -557,7 +482,7 @@ qcow2_write_alloc(struct vimg_node *node, uint64_t cl, uint64_t in, uint64_t len
     if (ret == 0 && end > in + len)
         ret = qcow2_read_impl(node, cl + in + len, end - (in + len), &biov, 1, true, err);
     if (ret == 0) {
-        qcow2_iov_copy(iov, n_iov, 0, buf + (in - start), len, false);
+        vimg_iov_to_buf(iov, n_iov, 0, buf + (in - start), len);
         ret = qcow2_write_new_cluster(node, cl, host, start, end, in, len, buf, !is_reuse,
                                       err);
     }
@@ -590,8 +515,8 @@ qcow2_write_locked(struct vimg_node *node, uint64_t offset, uint64_t bytes,
         struct iovec *sub;
         int n_sub, ret;
 
-        if ((ret = qcow2_iov_slice(iov, n_iov, done, len, &sub, &n_sub, err)) < 0)
-            return ret;
+        if (vimg_iov_slice(iov, n_iov, done, len, &sub, &n_sub) < 0)
+            return vimg_error_set(err, ENOMEM, "Out of memory");
         ret = qcow2_in_place_target(node, cl, in, len, &is_in_place, &host, err);
         if (ret == 0 && is_in_place)
             ret = qcow2_grow_file(qcow2_data_node(node), host + len, err);
