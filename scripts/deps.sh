@@ -2,9 +2,9 @@
 # Installs every Debian 12 package vimg needs to build and test (idempotent).
 set -e
 BUILD_PKGS="meson ninja-build pkg-config gcc clang libjansson-dev liburing-dev libcmocka-dev
-    zlib1g-dev libzstd-dev libbz2-dev libnbd-dev libssl-dev"
+    zlib1g-dev libzstd-dev libbz2-dev libnbd-dev libssl-dev libfuse3-dev"
 PEER_PKGS="qemu-utils python3 bzip2 util-linux kmod strace libnbd-bin nbdkit bximage cloop-utils
-    cryptsetup-bin libvhdi-utils"
+    cryptsetup-bin libvhdi-utils fuse3"
 missing=""
 for p in $BUILD_PKGS $PEER_PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

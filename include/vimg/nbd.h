@@ -34,6 +34,7 @@ struct vimg_nbd_export {
     enum vimg_nbd_discard discard;
     enum vimg_nbd_detect_zeroes detect_zeroes;
     unsigned handshake_limit;       /* seconds a client may take to negotiate; 0 = no limit */
+    const char *tls_creds;          /* id of a tls-creds-* object (endpoint=server); NULL: none */
 };
 
 /* Server events for -v; called from connection threads. */
@@ -73,5 +74,13 @@ struct vimg_nbd_export_info {
 int vimg_nbd_list(const char *host, const char *port, const char *path,
                   struct vimg_nbd_export_info **out, unsigned *n_out, struct vimg_error *err);
 void vimg_nbd_list_free(struct vimg_nbd_export_info *list, unsigned n);
+
+/*
+ * The client side of a fixed newstyle handshake on the connected socket fd
+ * with NBD_OPT_EXPORT_NAME (for a kernel NBD device, vimg-nbd -c): the
+ * export's size and transmission flags.
+ */
+int vimg_nbd_client_handshake(int fd, const char *export_name, uint64_t *size,
+                              uint16_t *flags, struct vimg_error *err);
 
 #endif

@@ -2,8 +2,8 @@
  * vimg-nbd: serves an image over NBD as qemu-nbd does (same options, messages
  * and exit codes), or lists a server's exports (-L). One thread per client
  * connection; the library runs the requests on its pool.
- * Not yet: TLS, -c/-d (kernel client), -s, -l, -B, -T, --selinux-label,
- * --fuse; each fails with a message naming it.
+ * Not yet: TLS, -s, -l, -B, -T, --selinux-label; each fails with a message
+ * naming it. -c/-d (kernel NBD device) are in connect.c, --fuse in fuse.c.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -38,6 +38,9 @@ enum {
 
 struct nbd_tool_opts {
     const char *port, *bind, *socket_path, *filename, *format, *pid_file;
+    const char *fuse_mount;         /* --fuse: export through FUSE instead of NBD */
+    const char *device;             /* -c: serve a kernel NBD device */
+    bool is_disconnect;             /* -d: the file name is a device to disconnect */
     unsigned open_flags;
     unsigned shared;
     bool is_persistent, do_fork, is_verbose, is_list, is_image_opts;
@@ -90,6 +93,10 @@ usage(void)
 "  -o, --offset=OFFSET       offset into the image\n"
 "  -A, --allocation-depth    expose the allocation depth\n"
 "\n"
+"Kernel NBD client support:\n"
+"  -c, --connect=DEV         connect FILE to the local NBD device DEV\n"
+"  -d, --disconnect          disconnect the specified device\n"
+"\n"
 "General purpose options:\n"
 "  -L, --list                list exports available from another NBD server\n"
 "  --object type,id=ID,...   define an object such as 'secret' for providing\n"
@@ -110,8 +117,13 @@ usage(void)
 "      --detect-zeroes=MODE  set detect-zeroes mode (off, on, unmap)\n"
 "      --image-opts          treat FILE as a full set of image options\n"
 "\n"
-"Not yet supported: --tls-creds, --tls-authz, -c/--connect, -d/--disconnect,\n"
-"-s/--snapshot, -l/--load-snapshot, -B/--bitmap, -T/--trace, --selinux-label, --fuse\n");
+"Beyond qemu-nbd:\n"
+"      --fuse=FILE           export the image as the raw file FILE (an existing\n"
+"                            regular file it covers) through FUSE instead of NBD;\n"
+"                            stop with fusermount3 -u FILE or SIGTERM\n"
+"\n"
+"Not yet supported: --tls-creds, --tls-authz,\n"
+"-s/--snapshot, -l/--load-snapshot, -B/--bitmap, -T/--trace, --selinux-label\n");
 }
 
 static void
@@ -282,9 +294,9 @@ parse_unsupported(int c)
     case OPT_TLS_CREDS: return unsupported_option("--tls-creds");
     case OPT_TLS_AUTHZ: return unsupported_option("--tls-authz");
     case OPT_SELINUX: return unsupported_option("--selinux-label");
-    case OPT_FUSE: return unsupported_option("--fuse");
-    case 'c': return unsupported_option("-c/--connect");
-    case 'd': return unsupported_option("-d/--disconnect");
+#ifndef VIMG_HAVE_FUSE
+    case OPT_FUSE: return unsupported_option("--fuse (built without fuse3)");
+#endif
     case 's': return unsupported_option("-s/--snapshot");
     case 'l': return unsupported_option("-l/--load-snapshot");
     case 'B': return unsupported_option("-B/--bitmap");
@@ -354,6 +366,8 @@ parse_args(int argc, char **argv, struct nbd_tool_opts *o)
         case 'r': o->exp.is_read_only = true; break;
         case 'A': o->exp.has_allocation_depth = true; break;
         case 'L': o->is_list = true; break;
+        case 'c': o->device = optarg; break;
+        case 'd': o->is_disconnect = true; break;
         case 'n': parse_cache("none", &o->open_flags); break;
         case 'f': o->format = optarg; break;
         case 't': o->is_persistent = true; break;
@@ -363,6 +377,9 @@ parse_args(int argc, char **argv, struct nbd_tool_opts *o)
         case OPT_IMAGE_OPTS: o->is_image_opts = true; break;
         case OPT_FORK: o->do_fork = true; break;
         case OPT_PID_FILE: o->pid_file = optarg; break;
+#ifdef VIMG_HAVE_FUSE
+        case OPT_FUSE: o->fuse_mount = optarg; break;
+#endif
         default: return bad_option(argv, c);
         }
     }
@@ -373,6 +390,10 @@ static int
 check_args(int argc, char **argv, struct nbd_tool_opts *o)
 {
     if (o->is_list) {
+        if (o->device || o->is_disconnect) {
+            tool_error("List mode is incompatible with per-device settings");
+            return 1;
+        }
         if (optind != argc) {
             tool_error("List mode is incompatible with a file name");
             return 1;
@@ -714,6 +735,88 @@ out_listen:
     return ret;
 }
 
+/*
+ * -c DEV: the server serves one end of a socket pair, the kernel device the
+ * other (connect.c); the process ends when the device is disconnected.
+ */
+static int
+run_device(struct nbd_tool_opts *o)
+{
+    struct vimg_error err = { 0 };
+    struct nbd_device *dev = NULL;
+    struct vimg_node *node;
+    int sv[2], ready_fd = -1, ret = 1;
+
+    if (!(node = open_image(o)))
+        return 1;
+    o->exp.node = node;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+        tool_error("Failed to create a socket pair: %s", strerror(errno));
+        goto out_node;
+    }
+    if ((o->do_fork && daemonize(&ready_fd) < 0) ||
+        (o->pid_file && !write_pid_file(o->pid_file)))
+        goto out_sock;
+    if (!(nbd_tool.server = vimg_nbd_server_new(&o->exp, N_WORKERS,
+                                                o->is_verbose ? log_message : NULL, &err))) {
+        tool_error("%s", err.msg);
+        goto out_sock;
+    }
+    if (nbd_tool_device_start(o->device, o->exp.name, sv[1], o->is_verbose, &dev) < 0)
+        goto out_server;
+    if (ready_fd >= 0) {
+        detach_stdio();
+        if (write(ready_fd, "r", 1) == 1)
+            close(ready_fd);
+    }
+    /* Returns when the kernel closes its end (the device was disconnected). */
+    if (vimg_nbd_server_serve(nbd_tool.server, sv[0], &err) < 0 && o->is_verbose)
+        tool_error("%s", err.msg);
+    sv[0] = -1;
+    nbd_tool_device_wait(dev);
+    ret = 0;
+out_server:
+    vimg_nbd_server_free(nbd_tool.server);
+out_sock:
+    if (sv[0] >= 0)
+        close(sv[0]);
+    if (!dev)
+        close(sv[1]);
+out_node:
+    vimg_close(node);
+    return ret;
+}
+
+#ifdef VIMG_HAVE_FUSE
+/* --fuse: the same image opening, forking and pid file as the NBD server. */
+static int
+run_fuse(struct nbd_tool_opts *o)
+{
+    struct vimg_node *node;
+    int ready_fd = -1, ret = 1;
+
+    if (!(node = open_image(o)))
+        return 1;
+    if (o->do_fork && daemonize(&ready_fd) < 0)
+        goto out;
+    if (o->pid_file && !write_pid_file(o->pid_file))
+        goto out;
+    if (ready_fd >= 0)
+        detach_stdio();
+    ret = nbd_tool_fuse(node, o->fuse_mount, o->exp.is_read_only, ready_fd);
+out:
+    vimg_close(node);
+    return ret;
+}
+#else
+static int
+run_fuse(struct nbd_tool_opts *o)
+{
+    (void)o;
+    return 1;
+}
+#endif
+
 int
 main(int argc, char **argv)
 {
@@ -727,7 +830,12 @@ main(int argc, char **argv)
     if (o.is_list)
         return nbd_tool_list(o.socket_path ? NULL : (o.bind ? o.bind : "localhost"),
                              o.port ? o.port : "10809", o.socket_path);
-    ret = run_server(&o);
+    if (o.is_disconnect)
+        ret = nbd_tool_disconnect(o.filename);
+    else if (o.device)
+        ret = run_device(&o);
+    else
+        ret = o.fuse_mount ? run_fuse(&o) : run_server(&o);
     vimg_objects_clear();
     return ret;
 }
