@@ -5,6 +5,8 @@ BUILD_PKGS="meson ninja-build pkg-config gcc clang libjansson-dev liburing-dev l
     zlib1g-dev libzstd-dev libbz2-dev libnbd-dev libssl-dev libfuse3-dev"
 PEER_PKGS="qemu-utils python3 bzip2 util-linux kmod strace libnbd-bin nbdkit bximage cloop-utils
     cryptsetup-bin libvhdi-utils fuse3"
+BUILD_PKGS="$BUILD_PKGS libiscsi-dev"
+PEER_PKGS="$PEER_PKGS tgt libiscsi-bin qemu-block-extra"
 missing=""
 for p in $BUILD_PKGS $PEER_PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

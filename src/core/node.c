@@ -350,6 +350,11 @@ node_json_desc(const struct vimg_node *node)
     const char *key;
     json_t *v;
 
+    /* A protocol QEMU names by its options (iscsi) already is a description. */
+    if (node->drv->kind == VIMG_DRIVER_PROTOCOL && strncmp(node->filename, "json:", 5) == 0) {
+        json_decref(desc);
+        return json_loads(node->filename + 5, 0, NULL);
+    }
     json_object_set_new(desc, "driver", json_string(node->drv->name));
     if (node->drv->kind == VIMG_DRIVER_PROTOCOL) {
         json_object_set_new(desc, "filename", json_string(node->filename));
@@ -372,7 +377,8 @@ node_refresh_filename(struct vimg_node *node, struct vimg_error *err)
     json_t *desc;
     char *text, *name;
 
-    if (!node->strong_opts && node->file && node->file->drv->kind == VIMG_DRIVER_PROTOCOL)
+    if (!node->strong_opts && node->file && node->file->drv->kind == VIMG_DRIVER_PROTOCOL &&
+        strncmp(node->file->filename, "json:", 5) != 0)
         return 0;
     desc = node_json_desc(node);
     text = desc ? vimg_json_dumps(desc, false) : NULL;

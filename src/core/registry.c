@@ -10,6 +10,9 @@ extern const struct vimg_driver vimg_cloop_driver;
 extern const struct vimg_driver vimg_dmg_driver;
 extern const struct vimg_driver vimg_file_driver;
 extern const struct vimg_driver vimg_host_device_driver;
+#ifdef VIMG_HAVE_LIBISCSI
+extern const struct vimg_driver vimg_iscsi_driver;
+#endif
 extern const struct vimg_driver vimg_luks_driver;
 #ifdef VIMG_HAVE_LIBNBD
 extern const struct vimg_driver vimg_nbd_driver;
@@ -31,6 +34,9 @@ static const struct vimg_driver *const drivers[] = {
     &vimg_dmg_driver,
     &vimg_file_driver,
     &vimg_host_device_driver,
+#ifdef VIMG_HAVE_LIBISCSI
+    &vimg_iscsi_driver,
+#endif
     &vimg_luks_driver,
 #ifdef VIMG_HAVE_LIBNBD
     &vimg_nbd_driver,
