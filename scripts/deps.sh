@@ -7,6 +7,8 @@ PEER_PKGS="qemu-utils python3 bzip2 util-linux kmod strace libnbd-bin nbdkit bxi
     cryptsetup-bin libvhdi-utils fuse3"
 BUILD_PKGS="$BUILD_PKGS libiscsi-dev"
 PEER_PKGS="$PEER_PKGS tgt libiscsi-bin qemu-block-extra"
+BUILD_PKGS="$BUILD_PKGS libssh-dev libglusterfs-dev"
+PEER_PKGS="$PEER_PKGS openssh-server openssh-client glusterfs-server"
 missing=""
 for p in $BUILD_PKGS $PEER_PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

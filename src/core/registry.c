@@ -9,6 +9,9 @@ extern const struct vimg_driver vimg_bochs_driver;
 extern const struct vimg_driver vimg_cloop_driver;
 extern const struct vimg_driver vimg_dmg_driver;
 extern const struct vimg_driver vimg_file_driver;
+#ifdef VIMG_HAVE_GLUSTERFS
+extern const struct vimg_driver vimg_gluster_driver;
+#endif
 extern const struct vimg_driver vimg_host_device_driver;
 #ifdef VIMG_HAVE_LIBISCSI
 extern const struct vimg_driver vimg_iscsi_driver;
@@ -22,6 +25,9 @@ extern const struct vimg_driver vimg_qcow_driver;
 extern const struct vimg_driver vimg_qcow2_driver;
 extern const struct vimg_driver vimg_qed_driver;
 extern const struct vimg_driver vimg_raw_driver;
+#ifdef VIMG_HAVE_LIBSSH
+extern const struct vimg_driver vimg_ssh_driver;
+#endif
 extern const struct vimg_driver vimg_vdi_driver;
 extern const struct vimg_driver vimg_vhdx_driver;
 extern const struct vimg_driver vimg_vmdk_driver;
@@ -33,6 +39,9 @@ static const struct vimg_driver *const drivers[] = {
     &vimg_cloop_driver,
     &vimg_dmg_driver,
     &vimg_file_driver,
+#ifdef VIMG_HAVE_GLUSTERFS
+    &vimg_gluster_driver,
+#endif
     &vimg_host_device_driver,
 #ifdef VIMG_HAVE_LIBISCSI
     &vimg_iscsi_driver,
@@ -46,6 +55,9 @@ static const struct vimg_driver *const drivers[] = {
     &vimg_qcow2_driver,
     &vimg_qed_driver,
     &vimg_raw_driver,
+#ifdef VIMG_HAVE_LIBSSH
+    &vimg_ssh_driver,
+#endif
     &vimg_vdi_driver,
     &vimg_vhdx_driver,
     &vimg_vmdk_driver,
