@@ -41,17 +41,38 @@ tool_error_err(const struct vimg_error *err, const char *prefix_fmt, ...)
 }
 
 /*
- * QEMU prints its raw-probing "WARNING: ..." block and check's "ERROR: ..."
- * lines as they are, and every other
+ * QEMU prints its raw-probing "WARNING: ..." block, check's findings
+ * ("ERROR ...", "Leaked cluster ...", "Repairing ...") and qcow2's corruption
+ * events ("qcow2: ...") as they are, and every other
  * library warning through error_report(), behind the program name.
  */
 static void
 print_warning(const char *msg)
 {
-    if (strncmp(msg, "WARNING: ", 9) == 0 || strncmp(msg, "ERROR: ", 7) == 0)
-        fprintf(stderr, "%s\n", msg);
-    else
-        fprintf(stderr, "%s: %s\n", tool_name, msg);
+    static const char *const raw[] = {
+        "WARNING: ", "ERROR", "Leaked cluster ", "Repairing ", "Rebuilding refcount ",
+        "Can't get refcount ", "qcow2: ",
+    };
+
+    /* ... except check's snapshot table failures, which QEMU says through error_report(). */
+    static const char *const prefixed[] = {
+        "ERROR snapshot table too large", "ERROR snapshot table offset invalid",
+        "ERROR failed to read the snapshot table",
+    };
+
+    for (size_t i = 0; i < sizeof(prefixed) / sizeof(prefixed[0]); i++) {
+        if (strncmp(msg, prefixed[i], strlen(prefixed[i])) == 0) {
+            fprintf(stderr, "%s: %s\n", tool_name, msg);
+            return;
+        }
+    }
+    for (size_t i = 0; i < sizeof(raw) / sizeof(raw[0]); i++) {
+        if (strncmp(msg, raw[i], strlen(raw[i])) == 0) {
+            fprintf(stderr, "%s\n", msg);
+            return;
+        }
+    }
+    fprintf(stderr, "%s: %s\n", tool_name, msg);
 }
 
 void

@@ -106,6 +106,29 @@ struct vimg_bitmap_op {
 int vimg_image_bitmap(struct vimg_node *node, const struct vimg_bitmap_op *op,
                       struct vimg_error *err);
 
+/* One persistent dirty bitmap, as `info` lists it. */
+struct vimg_bitmap_info {
+    char *name;
+    uint64_t granularity;           /* bytes */
+    bool is_enabled;                /* "auto": records guest writes */
+    bool is_in_use;                 /* "in-use": inconsistent, not to be trusted */
+};
+/*
+ * The persistent bitmaps of node, in the image's order; ENOTSUP (with
+ * qemu-img's "Format driver '...' does not support bitmaps") when its
+ * format, or this image's version of it, cannot store any.
+ */
+int vimg_image_bitmap_list(struct vimg_node *node, struct vimg_bitmap_info **list, size_t *n,
+                           struct vimg_error *err);
+void vimg_bitmap_list_free(struct vimg_bitmap_info *list, size_t n);
+/*
+ * The bits of persistent bitmap name (*bits malloc'd): bit i (LSB first in
+ * each byte) set means the granularity bytes at i * granularity are dirty.
+ * ENOENT when there is no such bitmap; EINVAL when it is inconsistent.
+ */
+int vimg_image_bitmap_read(struct vimg_node *node, const char *name, uint8_t **bits,
+                           uint64_t *granularity, struct vimg_error *err);
+
 /* One internal snapshot, as the image's snapshot table has it. */
 struct vimg_snapshot {
     char *id;
@@ -126,6 +149,13 @@ int vimg_snapshot_create(struct vimg_node *node, const struct vimg_snapshot *sn,
 int vimg_snapshot_apply(struct vimg_node *node, const char *id_or_name, struct vimg_error *err);
 int vimg_snapshot_delete(struct vimg_node *node, const char *id, const char *name,
                          struct vimg_error *err);
+/*
+ * `convert -l`: reads of the read-only node show the snapshot with this id
+ * and this name (either may be NULL, not both) until it is closed; ENOENT
+ * when there is none. QEMU's texts.
+ */
+int vimg_snapshot_load_tmp(struct vimg_node *node, const char *id, const char *name,
+                           struct vimg_error *err);
 /* `amend -o`: changes the options of an open image; QEMU's texts for what cannot change. */
 int vimg_image_amend(struct vimg_node *node, struct vimg_opts *opts, bool is_forced,
                      struct vimg_error *err);

@@ -35,6 +35,8 @@ struct vimg_nbd_export {
     enum vimg_nbd_detect_zeroes detect_zeroes;
     unsigned handshake_limit;       /* seconds a client may take to negotiate; 0 = no limit */
     const char *tls_creds;          /* id of a tls-creds-* object (endpoint=server); NULL: none */
+    const char *tls_authz;          /* id of an authz-* object checking x509 client DNs */
+    const char *bitmap;             /* persistent bitmap offered as qemu:dirty-bitmap:NAME (-B) */
 };
 
 /* Server events for -v; called from connection threads. */
@@ -73,6 +75,12 @@ struct vimg_nbd_export_info {
  */
 int vimg_nbd_list(const char *host, const char *port, const char *path,
                   struct vimg_nbd_export_info **out, unsigned *n_out, struct vimg_error *err);
+/* The same over TLS with the client credentials tls_creds (NULL: none); tls_hostname
+ * (NULL: none) names the host x509 certificates are for. */
+int vimg_nbd_list_tls(const char *host, const char *port, const char *path,
+                      const char *tls_creds, const char *tls_hostname,
+                      struct vimg_nbd_export_info **out, unsigned *n_out,
+                      struct vimg_error *err);
 void vimg_nbd_list_free(struct vimg_nbd_export_info *list, unsigned n);
 
 /*

@@ -31,6 +31,8 @@ struct vimg_node;
 #define VIMG_OPEN_REOPEN        0x2000u  /* opening again what was open: skip the checks QEMU
                                             makes only at first open (aio=native without
                                             O_DIRECT, O_DIRECT writes to an unaligned size) */
+#define VIMG_OPEN_CHECK         0x4000u  /* opened by check: no repair on open, damage is
+                                            left for the check to report */
 
 /* Request flags */
 #define VIMG_REQ_FUA            0x0001u  /* data reaches stable storage before return */
@@ -130,6 +132,8 @@ bool vimg_node_is_probed_raw(const struct vimg_node *node);
 uint32_t vimg_node_cluster_size(const struct vimg_node *node);
 bool vimg_node_has_zero_init(struct vimg_node *node);
 bool vimg_node_can_compress(const struct vimg_node *node);
+/* Writes must be whole compressed clusters (vmdk streamOptimized): convert writes so. */
+bool vimg_node_needs_compressed_writes(const struct vimg_node *node);
 
 /* Fast test that a buffer holds only zero bytes. */
 bool vimg_buffer_is_zero(const void *buf, size_t len);

@@ -118,6 +118,13 @@ struct vimg_driver {
     /* Applies one action to the image's persistent dirty bitmaps. */
     int (*bitmap)(struct vimg_node *node, const struct vimg_bitmap_op *op,
                   struct vimg_error *err);
+    /* One persistent bitmap's bits (*bits malloc'd; bit i, LSB first, covers granularity
+     * bytes at i * granularity); ENOENT: no such bitmap. */
+    int (*bitmap_read)(struct vimg_node *node, const char *name, uint8_t **bits,
+                       uint64_t *granularity, struct vimg_error *err);
+    /* The persistent bitmaps (*list malloc'd, vimg_bitmap_list_free); ENOTSUP: none storable. */
+    int (*bitmap_list)(struct vimg_node *node, struct vimg_bitmap_info **list, size_t *n,
+                       struct vimg_error *err);
     /* Internal snapshots: *list is malloc'd (vimg_snapshot_list_free), in table order. */
     int (*snapshot_list)(struct vimg_node *node, struct vimg_snapshot **list, size_t *n,
                          struct vimg_error *err);
@@ -127,6 +134,12 @@ struct vimg_driver {
     /* Reverts to the snapshot whose id, else whose name, is id_or_name; ENOENT if none. */
     int (*snapshot_apply)(struct vimg_node *node, const char *id_or_name,
                           struct vimg_error *err);
+    /*
+     * Reads of a read-only node show the snapshot with this id and this name
+     * (either may be NULL, not both) until it is closed; ENOENT if none.
+     */
+    int (*snapshot_load_tmp)(struct vimg_node *node, const char *id, const char *name,
+                             struct vimg_error *err);
     /* Deletes the snapshot with this id and this name; ENOENT if none. */
     int (*snapshot_delete)(struct vimg_node *node, const char *id, const char *name,
                            struct vimg_error *err);
@@ -169,6 +182,7 @@ struct vimg_node {
     pthread_mutex_t rmw_lock;       /* serialises read-modify-write of partial blocks */
     bool is_dirty;                  /* formats: not closed cleanly ("dirty-flag" in info) */
     bool is_encrypted;              /* formats: data is encrypted ("encrypted" in info) */
+    bool needs_compressed_writes;   /* formats: writes must be whole compressed clusters */
 };
 
 /* Calls that drivers make on their children and themselves (core/node.c). */

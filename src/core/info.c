@@ -110,10 +110,23 @@ int
 vimg_image_check(struct vimg_node *node, int fix, struct vimg_check_result *result,
                  struct vimg_error *err)
 {
+    int64_t corruptions_fixed, leaks_fixed;
+    int ret;
+
     memset(result, 0, sizeof(*result));
     if (!node->drv->check)
         return vimg_error_set(err, ENOTSUP, "This image format does not support checks");
-    return node->drv->check(node, fix, result, err);
+    ret = node->drv->check(node, fix, result, err);
+    if (ret < 0 || !fix || (!result->corruptions_fixed && !result->leaks_fixed))
+        return ret;
+    /* As qemu-img: after a repair, the result is that of a second check without fixing. */
+    corruptions_fixed = result->corruptions_fixed;
+    leaks_fixed = result->leaks_fixed;
+    memset(result, 0, sizeof(*result));
+    ret = node->drv->check(node, 0, result, err);
+    result->corruptions_fixed = corruptions_fixed;
+    result->leaks_fixed = leaks_fixed;
+    return ret;
 }
 
 int

@@ -731,6 +731,12 @@ vimg_node_can_compress(const struct vimg_node *node)
 }
 
 bool
+vimg_node_needs_compressed_writes(const struct vimg_node *node)
+{
+    return node->needs_compressed_writes;
+}
+
+bool
 vimg_node_has_zero_init(struct vimg_node *node)
 {
     if (node->backing)

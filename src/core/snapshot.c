@@ -1,5 +1,5 @@
 /*
- * Internal snapshots and amend: dispatch to the format driver, with the
+ * Internal snapshots, bitmap lists and amend: dispatch to the format driver, with the
  * reference tool's answers for formats that have neither.
  */
 #include <errno.h>
@@ -61,6 +61,21 @@ vimg_snapshot_apply(struct vimg_node *node, const char *id_or_name, struct vimg_
 }
 
 int
+vimg_snapshot_load_tmp(struct vimg_node *node, const char *id, const char *name,
+                       struct vimg_error *err)
+{
+    if (!id && !name)
+        return vimg_error_set(err, EINVAL, "snapshot_id and snapshot_name are both NULL");
+    if (!node->is_read_only)
+        return vimg_error_set(err, EINVAL, "Device is not readonly");
+    if (!node->drv->snapshot_load_tmp)
+        return vimg_error_set(err, ENOTSUP, "Block format '%s' used by device '' does not "
+                              "support temporarily loading internal snapshots",
+                              node->drv->name);
+    return node->drv->snapshot_load_tmp(node, id, name, err);
+}
+
+int
 vimg_snapshot_delete(struct vimg_node *node, const char *id, const char *name,
                      struct vimg_error *err)
 {
@@ -70,6 +85,36 @@ vimg_snapshot_delete(struct vimg_node *node, const char *id, const char *name,
     if (node->is_read_only)
         return vimg_error_set(err, EACCES, "Image is read-only");
     return node->drv->snapshot_delete(node, id, name, err);
+}
+
+int
+vimg_image_bitmap_list(struct vimg_node *node, struct vimg_bitmap_info **list, size_t *n,
+                       struct vimg_error *err)
+{
+    *list = NULL;
+    *n = 0;
+    if (!node->drv->bitmap_list)
+        return vimg_error_set(err, ENOTSUP, "Format driver '%s' does not support bitmaps",
+                              node->drv->name);
+    return node->drv->bitmap_list(node, list, n, err);
+}
+
+int
+vimg_image_bitmap_read(struct vimg_node *node, const char *name, uint8_t **bits,
+                       uint64_t *granularity, struct vimg_error *err)
+{
+    *bits = NULL;
+    if (!node->drv->bitmap_read)
+        return vimg_error_set(err, ENOENT, "Bitmap '%s' is not found", name);
+    return node->drv->bitmap_read(node, name, bits, granularity, err);
+}
+
+void
+vimg_bitmap_list_free(struct vimg_bitmap_info *list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(list[i].name);
+    free(list);
 }
 
 int

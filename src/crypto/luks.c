@@ -6,7 +6,8 @@
  * slots 4 KiB aligned after a 4 KiB header, the payload right after the
  * last slot.
  *
- * Not supported: LUKS2, detached headers, adding or removing key slots.
+ * Key slots are added and erased by amend, with qemu-img 7.2's checks and
+ * texts. Not supported: LUKS2, detached headers.
  * Iteration counts above LUKS_MAX_ITERS are refused so that a hostile
  * header cannot keep us busy for hours.
  */
@@ -17,6 +18,8 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
+
+#include <vimg/object.h>
 
 #include "crypto/luks.h"
 
@@ -90,6 +93,7 @@ struct vimg_luks {
     bool has_ivgen_hash_alg;
     enum vimg_hash_alg hash_alg;
     struct vimg_sector_cipher *cipher;  /* NULL until unlocked */
+    uint8_t mk[2 * VIMG_HASH_MAX_DIGEST];   /* the master key once unlocked (amend adds slots) */
 };
 
 static uint16_t
@@ -478,6 +482,8 @@ luks_unlock(struct vimg_luks *l, vimg_luks_read_fn read_fn, void *opaque, const 
     else if (ret > 0)
         ret = vimg_sector_cipher_new(&l->cipher, l->cipher_alg, l->cipher_mode, l->ivgen_alg,
                                      l->ivgen_hash_alg, mk, l->hdr.key_bytes, err);
+    if (ret == 0)
+        memcpy(l->mk, mk, sizeof(l->mk));
     OPENSSL_cleanse(mk, sizeof(mk));
     OPENSSL_cleanse(material, len);
     free(material);
@@ -757,13 +763,13 @@ luks_make_mk_digest(struct vimg_luks *l, const uint8_t *mk, uint64_t iter_ms,
                        h->mk_digest_iter, h->mk_digest, LUKS_DIGEST_LEN, err);
 }
 
-/* Splits mk, encrypts it with a key derived from pass and writes it to slot 0. */
+/* Splits mk, encrypts it with a key derived from pass and writes it to slot index. */
 static int
-luks_make_slot0(struct vimg_luks *l, const uint8_t *mk, const char *pass, size_t pass_len,
-                uint64_t iter_ms, vimg_luks_write_fn write_fn, void *opaque,
-                struct vimg_error *err)
+luks_make_slot(struct vimg_luks *l, size_t index, const uint8_t *mk, const char *pass,
+               size_t pass_len, uint64_t iter_ms, vimg_luks_write_fn write_fn, void *opaque,
+               struct vimg_error *err)
 {
-    struct luks_slot *s = &l->hdr.slots[0];
+    struct luks_slot *s = &l->hdr.slots[index];
     size_t key_len = l->hdr.key_bytes, len = luks_material_len(l);
     uint8_t slot_key[2 * VIMG_HASH_MAX_DIGEST];
     uint8_t *material = calloc(1, len);
@@ -813,8 +819,8 @@ vimg_luks_create(struct vimg_luks **out, const struct vimg_luks_create_opts *o,
         (ret = luks_build_header(l, err)) < 0 ||
         (ret = vimg_random_bytes(mk, l->hdr.key_bytes, err)) < 0 ||
         (ret = luks_make_mk_digest(l, mk, o->iter_time_ms, err)) < 0 ||
-        (ret = luks_make_slot0(l, mk, pass, pass_len, o->iter_time_ms, write_fn, opaque,
-                               err)) < 0 ||
+        (ret = luks_make_slot(l, 0, mk, pass, pass_len, o->iter_time_ms, write_fn, opaque,
+                              err)) < 0 ||
         (ret = vimg_sector_cipher_new(&l->cipher, l->cipher_alg, l->cipher_mode, l->ivgen_alg,
                                       l->ivgen_hash_alg, mk, l->hdr.key_bytes, err)) < 0)
         goto fail;
@@ -822,6 +828,7 @@ vimg_luks_create(struct vimg_luks **out, const struct vimg_luks_create_opts *o,
     luks_encode_header(&l->hdr, buf);
     if ((ret = write_fn(opaque, 0, buf, sizeof(buf), err)) < 0)
         goto fail;
+    memcpy(l->mk, mk, sizeof(l->mk));
     OPENSSL_cleanse(mk, sizeof(mk));
     *out = l;
     return 0;
@@ -829,4 +836,241 @@ fail:
     OPENSSL_cleanse(mk, sizeof(mk));
     vimg_luks_free(l);
     return ret;
+}
+
+/* ---- amend: adding and erasing key slots ---- */
+
+struct luks_amend {
+    bool is_active;             /* state=active: add; inactive: erase */
+    bool has_keyslot;
+    uint64_t keyslot;
+    const char *new_secret;
+    const char *old_secret;
+    uint64_t iter_time_ms;
+    bool is_forced;
+};
+
+/* A number option; its error names it with prefix, as qemu-img's does. */
+static int
+luks_amend_number(struct vimg_opts *opts, const char *prefix, const char *name, uint64_t def,
+                  uint64_t *out, struct vimg_error *err)
+{
+    if (vimg_opts_get_number(opts, name, def, out, NULL) < 0)
+        return vimg_error_set(err, EINVAL, "Parameter '%s%s' expects a number", prefix, name);
+    return 0;
+}
+
+static int
+luks_amend_parse(struct vimg_opts *opts, const char *prefix, struct luks_amend *a,
+                 struct vimg_error *err)
+{
+    static const char *const states[] = { "active", "inactive", NULL };
+    int state, ret;
+
+    /* As qemu-img: numbers are checked before the rest. */
+    if ((ret = luks_amend_number(opts, prefix, "keyslot", 0, &a->keyslot, err)) < 0 ||
+        (ret = luks_amend_number(opts, prefix, "iter-time", 2000, &a->iter_time_ms, err)) < 0)
+        return ret;
+    if (!vimg_opts_has(opts, "state"))
+        return vimg_error_set(err, EINVAL, "Parameter 'state' is missing");
+    if ((ret = vimg_opts_get_enum(opts, "state", states, 0, &state, NULL)) < 0)
+        return vimg_error_set(err, EINVAL, "Parameter 'state' does not accept value '%s'",
+                              vimg_opts_get(opts, "state"));
+    a->is_active = state == 0;
+    a->has_keyslot = vimg_opts_has(opts, "keyslot");
+    a->new_secret = vimg_opts_get(opts, "new-secret");
+    a->old_secret = vimg_opts_get(opts, "old-secret");
+    return 0;
+}
+
+static int
+luks_write_phdr(const struct vimg_luks *l, vimg_luks_write_fn write_fn, void *opaque,
+                struct vimg_error *err)
+{
+    uint8_t buf[VIMG_LUKS_HEADER_SIZE];
+
+    luks_encode_header(&l->hdr, buf);
+    return write_fn(opaque, 0, buf, sizeof(buf), err);
+}
+
+static unsigned
+luks_n_active(const struct vimg_luks *l)
+{
+    unsigned n = 0;
+
+    for (size_t i = 0; i < VIMG_LUKS_N_SLOTS; i++)
+        n += l->hdr.slots[i].active == LUKS_SLOT_ACTIVE;
+    return n;
+}
+
+/* 1 when pass opens slot index, 0 when not (or the slot is inactive). */
+static int
+luks_slot_matches(struct vimg_luks *l, size_t index, const char *pass, size_t pass_len,
+                  vimg_luks_read_fn read_fn, void *opaque, struct vimg_error *err)
+{
+    const struct luks_slot *s = &l->hdr.slots[index];
+    size_t len = luks_material_len(l);
+    uint8_t *material, mk[2 * VIMG_HASH_MAX_DIGEST];
+    int ret;
+
+    if (s->active != LUKS_SLOT_ACTIVE)
+        return 0;
+    if (!(material = malloc(len)))
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    ret = read_fn(opaque, (uint64_t)s->key_material_offset * LUKS_SECTOR, material, len, err);
+    if (ret == 0)
+        ret = luks_try_slot(l, s, pass, pass_len, material, mk, err);
+    OPENSSL_cleanse(mk, sizeof(mk));
+    OPENSSL_cleanse(material, len);
+    free(material);
+    return ret;
+}
+
+/* Random bytes over the key material, then the slot marked disabled in the header. */
+static int
+luks_erase_slot(struct vimg_luks *l, size_t index, vimg_luks_write_fn write_fn, void *opaque,
+                struct vimg_error *err)
+{
+    struct luks_slot *s = &l->hdr.slots[index];
+    size_t len = luks_material_len(l);
+    uint8_t *garbage = malloc(len);
+    int ret;
+
+    if (!garbage)
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    if ((ret = vimg_random_bytes(garbage, len, err)) == 0)
+        ret = write_fn(opaque, (uint64_t)s->key_material_offset * LUKS_SECTOR, garbage, len,
+                       err);
+    free(garbage);
+    if (ret < 0)
+        return ret;
+    s->active = LUKS_SLOT_DISABLED;
+    s->iterations = 0;
+    memset(s->salt, 0, sizeof(s->salt));
+    return luks_write_phdr(l, write_fn, opaque, err);
+}
+
+static int
+luks_amend_add(struct vimg_luks *l, const struct luks_amend *a, vimg_luks_write_fn write_fn,
+               void *opaque, struct vimg_error *err)
+{
+    size_t index = 0;
+    char *pass = NULL;
+    size_t pass_len = 0;
+    int ret;
+
+    if (!a->new_secret)
+        return vimg_error_set(err, EINVAL, "'new-secret' is required to activate a keyslot");
+    if (a->old_secret)
+        return vimg_error_set(err, EINVAL, "'old-secret' must not be given when activating "
+                              "keyslots");
+    if (a->has_keyslot && a->keyslot >= VIMG_LUKS_N_SLOTS)
+        return vimg_error_set(err, EINVAL, "Invalid keyslot %u specified, must be between 0 "
+                              "and %u", (unsigned)a->keyslot, VIMG_LUKS_N_SLOTS - 1);
+    if (a->has_keyslot)
+        index = (size_t)a->keyslot;
+    while (!a->has_keyslot && index < VIMG_LUKS_N_SLOTS &&
+           l->hdr.slots[index].active == LUKS_SLOT_ACTIVE)
+        index++;
+    if (index == VIMG_LUKS_N_SLOTS)
+        return vimg_error_set(err, ENOSPC, "Can't add a keyslot - all keyslots are in use");
+    if (!a->is_forced && l->hdr.slots[index].active == LUKS_SLOT_ACTIVE)
+        return vimg_error_set(err, EINVAL, "Refusing to overwrite active keyslot %zu - please "
+                              "erase it first", index);
+    if (!l->cipher)
+        return vimg_error_set(err, EINVAL, "The volume is not unlocked");
+    if ((ret = vimg_secret_lookup(a->new_secret, &pass, &pass_len, err)) < 0)
+        return ret;
+    ret = luks_make_slot(l, index, l->mk, pass, pass_len, a->iter_time_ms, write_fn, opaque,
+                         err);
+    OPENSSL_cleanse(pass, pass_len);
+    free(pass);
+    return ret < 0 ? ret : luks_write_phdr(l, write_fn, opaque, err);
+}
+
+/* The slots to erase: the one given, or all that old_pass opens. */
+static int
+luks_amend_pick(struct vimg_luks *l, const struct luks_amend *a, const char *old_pass,
+                size_t old_len, vimg_luks_read_fn read_fn, void *opaque, unsigned *mask,
+                struct vimg_error *err)
+{
+    int ret;
+
+    *mask = 0;
+    if (a->has_keyslot) {
+        size_t i = (size_t)a->keyslot;
+        if (old_pass && (ret = luks_slot_matches(l, i, old_pass, old_len, read_fn, opaque,
+                                                 err)) <= 0)
+            return ret < 0 ? ret : vimg_error_set(err, EINVAL, "Given keyslot %zu doesn't "
+                                                  "contain the given old password for erase "
+                                                  "operation", i);
+        if (l->hdr.slots[i].active != LUKS_SLOT_ACTIVE)
+            return vimg_error_set(err, EINVAL, "Given keyslot %zu is already erased "
+                                  "(inactive) ", i);
+        if (!a->is_forced && luks_n_active(l) == 1)
+            return vimg_error_set(err, EINVAL, "Attempt to erase the only active keyslot %zu "
+                                  "which will erase all the data in the image irreversibly - "
+                                  "refusing operation", i);
+        *mask = 1u << i;
+        return 0;
+    }
+    for (size_t i = 0; i < VIMG_LUKS_N_SLOTS; i++) {
+        if ((ret = luks_slot_matches(l, i, old_pass, old_len, read_fn, opaque, err)) < 0)
+            return ret;
+        *mask |= ret ? 1u << i : 0;
+    }
+    if (!*mask)
+        return vimg_error_set(err, EINVAL, "No keyslots match given (old) password for erase "
+                              "operation");
+    if (!a->is_forced && (unsigned)__builtin_popcount(*mask) == luks_n_active(l))
+        return vimg_error_set(err, EINVAL, "All the active keyslots match the (old) password "
+                              "that was given and erasing them will erase all the data in the "
+                              "image irreversibly - refusing operation");
+    return 0;
+}
+
+static int
+luks_amend_erase(struct vimg_luks *l, const struct luks_amend *a, vimg_luks_read_fn read_fn,
+                 vimg_luks_write_fn write_fn, void *opaque, struct vimg_error *err)
+{
+    char *pass = NULL;
+    size_t pass_len = 0;
+    unsigned mask;
+    int ret = 0;
+
+    if (a->new_secret)
+        return vimg_error_set(err, EINVAL, "'new-secret' must not be given when erasing "
+                              "keyslots");
+    if (a->has_keyslot && a->keyslot >= VIMG_LUKS_N_SLOTS)
+        return vimg_error_set(err, EINVAL, "Invalid keyslot %u specified, must be between 0 "
+                              "and %u", (unsigned)a->keyslot, VIMG_LUKS_N_SLOTS - 1);
+    if (!a->has_keyslot && !a->old_secret)
+        return vimg_error_set(err, EINVAL, "To erase keyslot(s), either explicit keyslot "
+                              "index or the password currently contained in them must be "
+                              "given");
+    if (a->old_secret && (ret = vimg_secret_lookup(a->old_secret, &pass, &pass_len, err)) < 0)
+        return ret;
+    ret = luks_amend_pick(l, a, pass, pass_len, read_fn, opaque, &mask, err);
+    for (size_t i = 0; ret == 0 && i < VIMG_LUKS_N_SLOTS; i++)
+        if (mask & (1u << i))
+            ret = luks_erase_slot(l, i, write_fn, opaque, err);
+    if (pass)
+        OPENSSL_cleanse(pass, pass_len);
+    free(pass);
+    return ret;
+}
+
+int
+vimg_luks_amend(struct vimg_luks *luks, struct vimg_opts *opts, const char *prefix,
+                bool is_forced, vimg_luks_read_fn read_fn, vimg_luks_write_fn write_fn,
+                void *opaque, struct vimg_error *err)
+{
+    struct luks_amend a = { .is_forced = is_forced };
+    int ret;
+
+    if ((ret = luks_amend_parse(opts, prefix, &a, err)) < 0)
+        return ret;
+    if (a.is_active)
+        return luks_amend_add(luks, &a, write_fn, opaque, err);
+    return luks_amend_erase(luks, &a, read_fn, write_fn, opaque, err);
 }

@@ -78,4 +78,14 @@ int vimg_luks_create(struct vimg_luks **out, const struct vimg_luks_create_opts 
                      const char *pass, size_t pass_len, vimg_luks_write_fn write_fn,
                      void *opaque, struct vimg_error *err);
 
+/*
+ * Adds or erases key slots of an unlocked volume as qemu-img 7.2's amend
+ * does: opts holds state (active/inactive), keyslot, new-secret, old-secret
+ * and iter-time (messages name numbers with prefix, "" or "encrypt.");
+ * is_forced allows erasing the last slot and overwriting an active one.
+ */
+int vimg_luks_amend(struct vimg_luks *luks, struct vimg_opts *opts, const char *prefix,
+                    bool is_forced, vimg_luks_read_fn read_fn, vimg_luks_write_fn write_fn,
+                    void *opaque, struct vimg_error *err);
+
 #endif

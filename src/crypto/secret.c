@@ -11,6 +11,8 @@
 #include <vimg/object.h>
 #include <vimg/opts.h>
 
+#include "crypto/tls-creds.h"
+
 struct secret {
     char *id;
     char *data;
@@ -150,6 +152,14 @@ vimg_object_add(const char *spec, struct vimg_error *err)
         ret = vimg_error_set(err, EINVAL, "Parameter 'qom-type' is missing");
         goto out;
     }
+    if (strcmp(type, "tls-creds-x509") == 0 || strcmp(type, "tls-creds-psk") == 0) {
+        ret = vimg_tls_creds_add(o, type, id, err);
+        goto out;
+    }
+    if (strncmp(type, "authz-", 6) == 0) {
+        ret = vimg_authz_add(o, type, id, err);
+        goto out;
+    }
     if (strcmp(type, "secret") != 0) {
         ret = vimg_error_set(err, EINVAL, "Parameter 'qom-type' does not accept value '%s'",
                              type);
@@ -223,6 +233,8 @@ vimg_secret_lookup(const char *id, char **data, size_t *len, struct vimg_error *
 void
 vimg_objects_clear(void)
 {
+    vimg_tls_creds_clear();
+    vimg_authz_clear();
     pthread_mutex_lock(&secrets_lock);
     while (secrets) {
         struct secret *next = secrets->next;

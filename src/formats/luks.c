@@ -17,23 +17,18 @@
 #include <openssl/crypto.h>
 
 #include <vimg/object.h>
-#include <vimg/pool.h>
 
 #include "core/driver.h"
 #include "crypto/luks.h"
+#include "crypto/sector-pool.h"
 
 /* Requests are encrypted in pieces of this size, each in its own buffer. */
 #define LUKS_CHUNK (1u << 20)
-/* Requests at least this large are encrypted by worker threads, a piece each. */
-#define LUKS_PARALLEL_MIN (256u << 10)
-#define LUKS_PARALLEL_PIECE (64u << 10)
-#define LUKS_N_WORKERS 4u
 
 struct luks_state {
     struct vimg_luks *luks;
     uint64_t payload_offset;        /* bytes */
-    struct vimg_pool *pool;         /* workers for large requests; NULL until needed */
-    pthread_mutex_t pool_lock;      /* protects the creation of pool */
+    struct vimg_sector_pool *pool;  /* workers for large requests */
 };
 
 static int
@@ -109,7 +104,10 @@ luks_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
                : vimg_error_set(err, EIO, "Could not refresh total sector count: "
                                 "Input/output error");
     }
-    pthread_mutex_init(&s->pool_lock, NULL);
+    if (!(s->pool = vimg_sector_pool_new())) {
+        vimg_luks_free(s->luks);
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    }
     node->request_alignment = VIMG_CRYPT_SECTOR_SIZE;
     node->is_encrypted = true;
     return 0;
@@ -120,8 +118,7 @@ luks_close(struct vimg_node *node)
 {
     struct luks_state *s = node->state;
 
-    vimg_pool_free(s->pool);
-    pthread_mutex_destroy(&s->pool_lock);
+    vimg_sector_pool_free(s->pool);
     vimg_luks_free(s->luks);
 }
 
@@ -136,73 +133,13 @@ luks_length(struct vimg_node *node, struct vimg_error *err)
     return (uint64_t)len > s->payload_offset ? len - (int64_t)s->payload_offset : 0;
 }
 
-/* One piece of a large request, encrypted or decrypted by a worker. */
-struct luks_job {
-    struct vimg_sector_cipher *cipher;
-    bool is_enc;
-    uint64_t sector;
-    uint8_t *buf;
-    size_t len;
-    int ret;
-    struct vimg_error err;
-};
-
-static void
-luks_job_run(void *arg)
-{
-    struct luks_job *job = arg;
-
-    job->ret = job->is_enc ? vimg_sector_encrypt(job->cipher, job->sector, job->buf, job->len,
-                                                 &job->err)
-                           : vimg_sector_decrypt(job->cipher, job->sector, job->buf, job->len,
-                                                 &job->err);
-}
-
-static struct vimg_pool *
-luks_get_pool(struct luks_state *s)
-{
-    struct vimg_error err;
-
-    pthread_mutex_lock(&s->pool_lock);
-    if (!s->pool)
-        s->pool = vimg_pool_new(LUKS_N_WORKERS, 0, &err);
-    pthread_mutex_unlock(&s->pool_lock);
-    return s->pool;
-}
-
-/* Splits a large buffer among the workers; small ones (or no pool) stay on this thread. */
+/* Large buffers are encrypted or decrypted by the pool's workers. */
 static int
 luks_crypt(struct luks_state *s, bool is_enc, uint64_t offset, uint8_t *buf, size_t len,
            struct vimg_error *err)
 {
-    struct vimg_sector_cipher *c = vimg_luks_cipher(s->luks);
-    uint64_t sector = offset / VIMG_CRYPT_SECTOR_SIZE;
-    struct luks_job jobs[LUKS_CHUNK / LUKS_PARALLEL_PIECE];
-    struct vimg_pool *pool = len >= LUKS_PARALLEL_MIN ? luks_get_pool(s) : NULL;
-    size_t n_jobs = 0;
-
-    if (!pool)
-        return is_enc ? vimg_sector_encrypt(c, sector, buf, len, err)
-                      : vimg_sector_decrypt(c, sector, buf, len, err);
-    for (size_t off = 0; off < len; off += LUKS_PARALLEL_PIECE, n_jobs++) {
-        struct luks_job *job = &jobs[n_jobs];
-        job->cipher = c;
-        job->is_enc = is_enc;
-        job->sector = sector + off / VIMG_CRYPT_SECTOR_SIZE;
-        job->buf = buf + off;
-        job->len = len - off < LUKS_PARALLEL_PIECE ? len - off : LUKS_PARALLEL_PIECE;
-        job->ret = 0;
-        if (vimg_pool_submit(pool, luks_job_run, job) < 0)
-            luks_job_run(job);
-    }
-    vimg_pool_wait(pool);
-    for (size_t i = 0; i < n_jobs; i++) {
-        if (jobs[i].ret < 0) {
-            *err = jobs[i].err;
-            return jobs[i].ret;
-        }
-    }
-    return 0;
+    return vimg_sector_pool_crypt(s->pool, vimg_luks_cipher(s->luks), is_enc,
+                                  offset / VIMG_CRYPT_SECTOR_SIZE, buf, len, err);
 }
 
 /* Copies between an I/O vector (from byte skip on) and a flat buffer. */
@@ -435,6 +372,18 @@ luks_measure(struct vimg_opts *opts, struct vimg_node *in, uint64_t size,
     return 0;
 }
 
+/* Key slot changes (amend -o state=...,keyslot=...,new-secret=...,old-secret=...). */
+static int
+luks_amend(struct vimg_node *node, struct vimg_opts *opts, bool is_forced,
+           struct vimg_error *err)
+{
+    struct luks_state *s = node->state;
+    int ret = vimg_luks_amend(s->luks, opts, "", is_forced, luks_read_header,
+                              luks_write_header, node->file, err);
+
+    return ret < 0 ? ret : vimg_node_flush(node->file, err);
+}
+
 static const char *const luks_strong_opts[] = { "key-secret", NULL };
 
 const struct vimg_driver vimg_luks_driver = {
@@ -453,4 +402,5 @@ const struct vimg_driver vimg_luks_driver = {
     .truncate = luks_truncate,
     .info = luks_info,
     .measure = luks_measure,
+    .amend = luks_amend,
 };

@@ -8,11 +8,20 @@
  *
  * New L2 tables and clusters go at the end of the file, rounded up to the
  * cluster size, in the order qemu-img puts them, so that the same writes
- * give the same file. Table entries are read and written one at a time, so
- * that no table size from disk sizes an allocation.
+ * give the same file. Table entries are read and written one at a time
+ * through a small cache of 4 KiB table chunks (table-cache.h), so that no
+ * table size from disk sizes an allocation; reads of clusters stored one
+ * after another go to the file as one request.
  *
- * Left out: AES encryption (encrypted images open for `info` only),
- * compressed writes, zero writes, discard, check.
+ * Compressed writes deflate one cluster (raw deflate, 4 KiB window, as
+ * qemu-img) and put it at the very end of the file, unaligned; a cluster
+ * that does not shrink is written plain.
+ *
+ * Legacy AES encryption: AES-128-CBC per 512-byte sector, the IV the guest
+ * sector number (plain64), the key the passphrase cut or zero-padded to 16
+ * bytes. Compressed clusters are stored unencrypted, as qemu-img does.
+ *
+ * Left out: zero writes, discard, check (qemu-img has none of them either).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -24,6 +33,10 @@
 #include <zlib.h>
 
 #include "core/driver.h"
+#include "crypto/aes-legacy.h"
+#include "crypto/cipher.h"
+#include "formats/table-cache.h"
+#include <vimg/object.h>
 
 #define QCOW_MAGIC              UINT32_C(0x514649fb)    /* "QFI\xfb" */
 #define QCOW_VERSION            1
@@ -69,7 +82,9 @@ struct qcow_state {
     uint64_t l2_entries;        /* entries per L2 table */
     uint64_t l1_entries;
     uint64_t file_end;          /* the file's length: new tables and clusters go past it */
-    pthread_mutex_t lock;       /* protects tables and file_end */
+    struct vimg_sector_cipher *cipher;  /* AES images opened with their key, else NULL */
+    struct vimg_table_cache tables;     /* L1 and L2 entries */
+    pthread_mutex_t lock;       /* protects tables, the table cache and file_end */
 };
 
 static uint32_t
@@ -199,11 +214,57 @@ qcow_read_backing_name(struct vimg_node *node, struct vimg_error *err)
     return 0;
 }
 
+/* The legacy key from the secret: the passphrase up to its first NUL, as QEMU reads it. */
+static int
+qcow_new_cipher(const char *secret_id, struct vimg_sector_cipher **out, struct vimg_error *err)
+{
+    char *pass = NULL;
+    size_t len = 0;
+    int ret;
+
+    if ((ret = vimg_secret_lookup(secret_id, &pass, &len, err)) < 0)
+        return ret;
+    ret = vimg_aes_legacy_new(out, pass, strnlen(pass, len), err);
+    memset(pass, 0, len);
+    free(pass);
+    return ret;
+}
+
+/* The encrypt.* open options, with qemu-img's checks and texts. */
+static int
+qcow_open_crypto(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
+                 struct vimg_error *err)
+{
+    struct qcow_state *s = node->state;
+    struct vimg_opts *enc = vimg_opts_get_dict(opts, "encrypt");
+    const char *fmt = enc ? vimg_opts_get(enc, "format") : NULL;
+    const char *secret = enc ? vimg_opts_get(enc, "key-secret") : NULL;
+
+    if (s->h.crypt_method == QCOW_CRYPT_NONE) {
+        if (fmt)
+            return vimg_error_set(err, EINVAL, "No encryption in image header, but options "
+                                  "specified format '%s'", fmt);
+        return 0;
+    }
+    if (fmt && strcmp(fmt, "aes") != 0)
+        return vimg_error_set(err, EINVAL, "Header reported 'aes' encryption format but "
+                              "options specify '%s'", fmt);
+    if (flags & VIMG_OPEN_NO_IO)
+        return 0;
+    if (!secret)
+        return vimg_error_set(err, EINVAL, "Parameter 'encrypt.key-secret' is required for "
+                              "cipher");
+    return qcow_new_cipher(secret, &s->cipher, err);
+}
+
 static void
 qcow_close(struct vimg_node *node)
 {
     struct qcow_state *s = node->state;
 
+    vimg_sector_cipher_free(s->cipher);
+    s->cipher = NULL;
+    vimg_table_cache_free(&s->tables);
     pthread_mutex_destroy(&s->lock);
 }
 
@@ -216,28 +277,34 @@ qcow_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
     int64_t file_len;
     int ret;
 
-    (void)opts;
-    (void)flags;
     if ((ret = vimg_node_pread_padded(node->file, 0, b, sizeof(b), err)) < 0)
         return ret;
     if ((file_len = vimg_node_length(node->file, err)) < 0)
         return (int)file_len;
     qcow_decode_header(b, &s->h);
-    if ((ret = qcow_check_header(s, err)) < 0)
+    if ((ret = qcow_check_header(s, err)) < 0 ||
+        (ret = qcow_open_crypto(node, opts, flags, err)) < 0)
         return ret;
     /* Reading the L1 table past QEMU's largest request end fails with a bare I/O error. */
     if (s->h.l1_table_offset > QCOW_MAX_REQUEST_END ||
-        s->l1_entries * 8 > QCOW_MAX_REQUEST_END - s->h.l1_table_offset)
-        return vimg_error_set(err, EIO, "Could not open '%s': Input/output error",
-                              node->filename);
-    if ((ret = qcow_read_backing_name(node, err)) < 0)
-        return ret;
+        s->l1_entries * 8 > QCOW_MAX_REQUEST_END - s->h.l1_table_offset) {
+        ret = vimg_error_set(err, EIO, "Could not open '%s': Input/output error",
+                             node->filename);
+        goto fail;
+    }
+    if ((ret = qcow_read_backing_name(node, err)) < 0 ||
+        (ret = vimg_table_cache_init(&s->tables, node->file, err)) < 0)
+        goto fail;
     s->file_end = (uint64_t)file_len;
     node->is_encrypted = s->h.crypt_method != QCOW_CRYPT_NONE;
     pthread_mutex_init(&s->lock, NULL);
-    node->request_alignment = 1;
+    node->request_alignment = node->is_encrypted ? QCOW_SECTOR_SIZE : 1;
     node->cluster_size = (uint32_t)s->cluster_size;
     return 0;
+fail:
+    vimg_sector_cipher_free(s->cipher);
+    s->cipher = NULL;
+    return ret;
 }
 
 static int64_t
@@ -249,14 +316,17 @@ qcow_length(struct vimg_node *node, struct vimg_error *err)
     return (int64_t)(s->h.size / QCOW_SECTOR_SIZE * QCOW_SECTOR_SIZE);
 }
 
+/* Entry index of the L1 table (is_l1) or of the L2 table at table. */
 static int
-qcow_read_entry(struct vimg_node *node, uint64_t table, uint64_t index, uint64_t *out,
-                struct vimg_error *err)
+qcow_read_entry(struct vimg_node *node, bool is_l1, uint64_t table, uint64_t index,
+                uint64_t *out, struct vimg_error *err)
 {
+    struct qcow_state *s = node->state;
+    uint64_t table_bytes = (is_l1 ? s->l1_entries : s->l2_entries) * 8;
     uint8_t raw[8];
     int ret;
 
-    if ((ret = vimg_node_pread_padded(node->file, table + index * 8, raw, 8, err)) < 0)
+    if ((ret = vimg_table_cache_read(&s->tables, table, table_bytes, index, raw, err)) < 0)
         return ret;
     *out = qcow_be64(raw);
     return 0;
@@ -266,10 +336,22 @@ static int
 qcow_write_entry(struct vimg_node *node, uint64_t table, uint64_t index, uint64_t value,
                  struct vimg_error *err)
 {
+    struct qcow_state *s = node->state;
     uint8_t raw[8];
 
     qcow_put_be64(raw, value);
-    return vimg_node_pwrite(node->file, table + index * 8, raw, 8, 0, err);
+    return vimg_table_cache_write(&s->tables, table, index, raw, err);
+}
+
+/* Writes to the file outside the tables' entries: cached chunks there are stale. */
+static int
+qcow_pwrite_file(struct vimg_node *node, uint64_t offset, const void *buf, uint64_t bytes,
+                 struct vimg_error *err)
+{
+    struct qcow_state *s = node->state;
+
+    vimg_table_cache_drop(&s->tables, offset, bytes);
+    return vimg_node_pwrite(node->file, offset, buf, bytes, 0, err);
 }
 
 /* The L2 table for cluster index (0: none) and the cluster's entry (0: none). */
@@ -281,10 +363,10 @@ qcow_lookup(struct vimg_node *node, uint64_t cluster, uint64_t *l2, uint64_t *en
     int ret;
 
     *entry = 0;
-    if ((ret = qcow_read_entry(node, s->h.l1_table_offset, cluster / s->l2_entries, l2,
+    if ((ret = qcow_read_entry(node, true, s->h.l1_table_offset, cluster / s->l2_entries, l2,
                                err)) < 0 || *l2 == 0)
         return ret;
-    return qcow_read_entry(node, *l2, cluster % s->l2_entries, entry, err);
+    return qcow_read_entry(node, false, *l2, cluster % s->l2_entries, entry, err);
 }
 
 /* Fills buf (one cluster) with the cluster a compressed entry describes. */
@@ -325,6 +407,31 @@ out:
     return ret;
 }
 
+/*
+ * Extends *len (the part of the request in the cluster at offset, whose
+ * plain entry is entry) over the following clusters stored right after it,
+ * up to bytes, so that they are read at once. Called with s->lock held.
+ */
+static int
+qcow_extend_run(struct vimg_node *node, uint64_t offset, uint64_t bytes, uint64_t entry,
+                uint64_t *len, struct vimg_error *err)
+{
+    struct qcow_state *s = node->state;
+    uint64_t cs = s->cluster_size, l2, next;
+    int ret;
+
+    while (*len < bytes) {
+        uint64_t pos = offset + *len;
+
+        if ((ret = qcow_lookup(node, pos / cs, &l2, &next, err)) < 0)
+            return ret;
+        if (next & QCOW_OFLAG_COMPRESSED || next != entry + (pos / cs - offset / cs) * cs)
+            break;
+        *len += bytes - *len < cs ? bytes - *len : cs;
+    }
+    return 0;
+}
+
 static int
 qcow_read(struct vimg_node *node, uint64_t offset, uint8_t *out, uint64_t bytes,
           struct vimg_error *err)
@@ -333,8 +440,9 @@ qcow_read(struct vimg_node *node, uint64_t offset, uint8_t *out, uint64_t bytes,
     uint8_t *cbuf = NULL;
     int ret = 0;
 
-    if (node->is_encrypted)
-        return vimg_error_set(err, ENOTSUP, "AES-encrypted qcow images are not supported");
+    if (node->is_encrypted && !s->cipher)
+        return vimg_error_set(err, EACCES, "Parameter 'encrypt.key-secret' is required for "
+                              "cipher");
     while (bytes && ret == 0) {
         uint64_t in_cluster = offset % s->cluster_size, l2, entry;
         uint64_t len = s->cluster_size - in_cluster < bytes ? s->cluster_size - in_cluster
@@ -342,6 +450,8 @@ qcow_read(struct vimg_node *node, uint64_t offset, uint8_t *out, uint64_t bytes,
 
         pthread_mutex_lock(&s->lock);
         ret = qcow_lookup(node, offset / s->cluster_size, &l2, &entry, err);
+        if (ret == 0 && entry && !(entry & QCOW_OFLAG_COMPRESSED))
+            ret = qcow_extend_run(node, offset, bytes, entry, &len, err);
         pthread_mutex_unlock(&s->lock);
         if (ret < 0)
             break;
@@ -356,6 +466,8 @@ qcow_read(struct vimg_node *node, uint64_t offset, uint8_t *out, uint64_t bytes,
                 memcpy(out, cbuf + in_cluster, len);
         } else {
             ret = vimg_node_pread_padded(node->file, entry + in_cluster, out, len, err);
+            if (ret == 0 && s->cipher)
+                ret = vimg_sector_decrypt(s->cipher, offset / QCOW_SECTOR_SIZE, out, len, err);
         }
         offset += len;
         out += len;
@@ -376,7 +488,7 @@ qcow_alloc_l2(struct vimg_node *node, uint64_t l1_index, uint64_t *l2, struct vi
 
     if (!(table = calloc(1, table_bytes)))
         return vimg_error_set(err, ENOMEM, "Out of memory");
-    ret = vimg_node_pwrite(node->file, at, table, table_bytes, 0, err);
+    ret = qcow_pwrite_file(node, at, table, table_bytes, err);
     free(table);
     if (ret < 0)
         return ret;
@@ -410,8 +522,10 @@ qcow_alloc_cluster(struct vimg_node *node, uint64_t cluster, uint64_t l2, uint64
     else if (len < cs && node->backing)
         ret = vimg_node_pread_padded(node->backing, cluster * cs, buf, cs, err);
     memcpy(buf + in_cluster, data, len);
+    if (ret == 0 && s->cipher)
+        ret = vimg_sector_encrypt(s->cipher, cluster * cs / QCOW_SECTOR_SIZE, buf, cs, err);
     if (ret == 0)
-        ret = vimg_node_pwrite(node->file, at, buf, cs, 0, err);
+        ret = qcow_pwrite_file(node, at, buf, cs, err);
     free(buf);
     if (ret < 0)
         return ret;
@@ -421,9 +535,9 @@ qcow_alloc_cluster(struct vimg_node *node, uint64_t cluster, uint64_t l2, uint64
     return qcow_write_entry(node, l2, cluster % s->l2_entries, at, err);
 }
 
-/* Writes [offset, +len) inside one cluster. */
+/* Writes [offset, +len) inside one cluster; data is encrypted in place on AES images. */
 static int
-qcow_write_cluster(struct vimg_node *node, uint64_t offset, const uint8_t *data, uint64_t len,
+qcow_write_cluster(struct vimg_node *node, uint64_t offset, uint8_t *data, uint64_t len,
                    struct vimg_error *err)
 {
     struct qcow_state *s = node->state;
@@ -435,8 +549,12 @@ qcow_write_cluster(struct vimg_node *node, uint64_t offset, const uint8_t *data,
         return ret;
     if (l2 == 0 && (ret = qcow_alloc_l2(node, cluster / s->l2_entries, &l2, err)) < 0)
         return ret;
-    if (entry && !(entry & QCOW_OFLAG_COMPRESSED))
-        return vimg_node_pwrite(node->file, entry + in_cluster, data, len, 0, err);
+    if (entry && !(entry & QCOW_OFLAG_COMPRESSED)) {
+        if (s->cipher &&
+            (ret = vimg_sector_encrypt(s->cipher, offset / QCOW_SECTOR_SIZE, data, len, err)) < 0)
+            return ret;
+        return qcow_pwrite_file(node, entry + in_cluster, data, len, err);
+    }
     return qcow_alloc_cluster(node, cluster, l2, entry, in_cluster, data, len, err);
 }
 
@@ -450,8 +568,9 @@ qcow_pwritev(struct vimg_node *node, uint64_t offset, uint64_t bytes, const stru
     int ret = 0;
 
     (void)flags;
-    if (node->is_encrypted)
-        return vimg_error_set(err, ENOTSUP, "AES-encrypted qcow images are not supported");
+    if (node->is_encrypted && !s->cipher)
+        return vimg_error_set(err, EACCES, "Parameter 'encrypt.key-secret' is required for "
+                              "cipher");
     if (!(buf = malloc(bytes ? bytes : 1)))
         return vimg_error_set(err, ENOMEM, "Out of memory");
     for (int i = 0; i < n_iov && copied < bytes; i++) {
@@ -470,6 +589,102 @@ qcow_pwritev(struct vimg_node *node, uint64_t offset, uint64_t bytes, const stru
     }
     pthread_mutex_unlock(&s->lock);
     free(buf);
+    return ret;
+}
+
+/*
+ * Deflates one cluster into out (cluster_size bytes) as qemu-img does; 0 when
+ * the result would not be smaller than the cluster.
+ */
+static int
+qcow_deflate(const uint8_t *in, uint64_t cs, uint8_t *out, uint64_t *out_len,
+             struct vimg_error *err)
+{
+    z_stream z;
+    int zret;
+
+    memset(&z, 0, sizeof(z));
+    if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY) != Z_OK)
+        return vimg_error_set(err, ENOMEM, "Could not initialise zlib");
+    z.next_in = (uint8_t *)in;
+    z.avail_in = (uInt)cs;
+    z.next_out = out;
+    z.avail_out = (uInt)cs;
+    zret = deflate(&z, Z_FINISH);
+    *out_len = zret == Z_STREAM_END ? cs - z.avail_out : 0;
+    deflateEnd(&z);
+    if (*out_len >= cs)
+        *out_len = 0;
+    return 0;
+}
+
+/* Puts len compressed bytes at the end of the file and points the cluster's entry at them. */
+static int
+qcow_put_compressed(struct vimg_node *node, uint64_t cluster, const uint8_t *data, uint64_t len,
+                    struct vimg_error *err)
+{
+    struct qcow_state *s = node->state;
+    uint64_t l2, entry, at;
+    int ret;
+
+    if ((ret = qcow_lookup(node, cluster, &l2, &entry, err)) < 0)
+        return ret;
+    if (l2 == 0 && (ret = qcow_alloc_l2(node, cluster / s->l2_entries, &l2, err)) < 0)
+        return ret;
+    /* At the file's length in whole sectors, where qemu-img puts it. */
+    at = qcow_round_up(s->file_end, QCOW_SECTOR_SIZE);
+    if ((ret = qcow_pwrite_file(node, at, data, len, err)) < 0)
+        return ret;
+    s->file_end = at + len;
+    if ((ret = vimg_node_flush(node->file, err)) < 0)
+        return ret;
+    entry = at | QCOW_OFLAG_COMPRESSED | len << (63 - s->h.cluster_bits);
+    return qcow_write_entry(node, l2, cluster % s->l2_entries, entry, err);
+}
+
+/*
+ * One whole cluster (or the image's last, partial one, padded with zeros).
+ * A cluster already stored plain is overwritten in place, uncompressed.
+ */
+static int
+qcow_pwrite_compressed(struct vimg_node *node, uint64_t offset, const void *buf, uint64_t bytes,
+                       struct vimg_error *err)
+{
+    struct qcow_state *s = node->state;
+    uint64_t cs = s->cluster_size, out_len = 0, l2, entry;
+    struct iovec iov;
+    uint8_t *in, *out;
+    int ret;
+
+    if (offset % cs || bytes > cs || (bytes < cs && offset + bytes < (uint64_t)
+                                      qcow_length(node, err)))
+        return vimg_error_set(err, EINVAL, "Compressed writes must cover one whole cluster");
+    in = calloc(1, cs);
+    out = malloc(cs);
+    if (!in || !out) {
+        ret = vimg_error_set(err, ENOMEM, "Out of memory");
+        goto out;
+    }
+    memcpy(in, buf, bytes);
+    if ((ret = qcow_deflate(in, cs, out, &out_len, err)) < 0)
+        goto out;
+    pthread_mutex_lock(&s->lock);
+    ret = qcow_lookup(node, offset / cs, &l2, &entry, err);
+    pthread_mutex_unlock(&s->lock);
+    if (ret < 0)
+        goto out;
+    if (out_len == 0 || (entry && !(entry & QCOW_OFLAG_COMPRESSED))) {
+        iov.iov_base = in;
+        iov.iov_len = bytes;
+        ret = qcow_pwritev(node, offset, bytes, &iov, 1, 0, err);
+        goto out;
+    }
+    pthread_mutex_lock(&s->lock);
+    ret = qcow_put_compressed(node, offset / cs, out, out_len, err);
+    pthread_mutex_unlock(&s->lock);
+out:
+    free(in);
+    free(out);
     return ret;
 }
 
@@ -545,12 +760,18 @@ struct qcow_create_params {
     bool has_size;
     const char *backing_file;
     const char *backing_fmt;
+    bool is_encrypted;
 };
 
-/* Encryption options, checked as qemu-img does once the file exists. */
+/*
+ * Encryption options, checked as qemu-img does once the file exists; the
+ * key is derived (and thrown away) so that a missing secret fails here.
+ */
 static int
-qcow_check_encryption(struct vimg_opts *opts, struct vimg_error *err)
+qcow_check_encryption(struct vimg_opts *opts, struct qcow_create_params *p,
+                      struct vimg_error *err)
 {
+    struct vimg_sector_cipher *cipher = NULL;
     const char *format = vimg_opts_get(opts, "encrypt.format");
     const char *secret = vimg_opts_get(opts, "encrypt.key-secret");
     bool has_encryption = vimg_opts_has(opts, "encryption"), is_encrypted = false;
@@ -568,7 +789,11 @@ qcow_check_encryption(struct vimg_opts *opts, struct vimg_error *err)
     if (!secret)
         return vimg_error_set(err, EINVAL, "Parameter 'encrypt.key-secret' is required for "
                               "cipher");
-    return vimg_error_set(err, ENOTSUP, "AES-encrypted qcow images are not supported");
+    if ((ret = qcow_new_cipher(secret, &cipher, err)) < 0)
+        return ret;
+    vimg_sector_cipher_free(cipher);
+    p->is_encrypted = true;
+    return 0;
 }
 
 static int
@@ -604,6 +829,7 @@ qcow_write_new(struct vimg_node *file, const struct qcow_create_params *p,
         .size = p->size,
         .cluster_bits = p->backing_file ? 9 : 12,
         .l2_bits = p->backing_file ? 12 : 9,
+        .crypt_method = p->is_encrypted ? QCOW_CRYPT_AES : QCOW_CRYPT_NONE,
     };
     uint64_t shift, l1_entries, len;
     uint8_t *buf;
@@ -642,7 +868,7 @@ qcow_create(const char *filename, struct vimg_opts *opts, struct vimg_error *err
 
     if ((ret = qcow_parse_create(opts, &p, err)) < 0 ||
         (ret = vimg_create_file_empty(filename, opts, err)) < 0 ||
-        (ret = qcow_check_encryption(opts, err)) < 0)
+        (ret = qcow_check_encryption(opts, &p, err)) < 0)
         return ret;
     ret = vimg_open(&file, filename, NULL, NULL, VIMG_OPEN_RDWR | VIMG_OPEN_PROTOCOL, err);
     if (ret < 0)
@@ -667,6 +893,7 @@ const struct vimg_driver vimg_qcow_driver = {
     .create = qcow_create,
     .pread = qcow_read,
     .pwritev = qcow_pwritev,
+    .pwrite_compressed = qcow_pwrite_compressed,
     .flush = qcow_flush,
     .block_status = qcow_block_status,
     .length = qcow_length,

@@ -5,12 +5,19 @@
  * in the header cluster, and the need-check feature bit, which is set while
  * allocating writes may leave tables inconsistent and cleared at close.
  *
- * Table entries are read and written one at a time, so that no table size
- * from disk (up to 1 GiB) sizes an allocation; the host page cache keeps
- * this fast enough for the images qemu-img makes.
+ * Table entries are read and written one at a time through a small cache
+ * of 4 KiB table chunks (table-cache.h; check reads tables in bounded
+ * chunks), so that no table size from disk (up to 1 GiB) sizes an
+ * allocation; reads of clusters stored one after another go to the file as
+ * one request.
  *
- * Left out: zero writes and discard (zeros are written as data), `check -r`
- * and leak counting in `check`, repairing a need-check image at open.
+ * Zero writes of whole clusters set unallocated entries to 1 and overwrite
+ * allocated clusters with zeros, as qemu-img does; unaligned ends are
+ * written as data. An image opened read-write with need-check set (not
+ * closed cleanly) is checked and repaired first, as QEMU does.
+ *
+ * Left out: discard, which qemu-img accepts and ignores for qed (the core
+ * does the same for a driver without it).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -20,6 +27,7 @@
 #include <string.h>
 
 #include "core/driver.h"
+#include "formats/table-cache.h"
 
 #define QED_MAGIC               UINT32_C(0x00444551)    /* "QED\0" */
 #define QED_HEADER_BYTES        64
@@ -30,6 +38,7 @@
 #define QED_MAX_TABLE_SIZE      16
 #define QED_DEFAULT_TABLE_SIZE  4
 #define QED_ZERO_CLUSTER        UINT64_C(1)
+#define QED_CHUNK_ENTRIES       8192    /* table entries check reads at a time */
 
 #define QED_F_BACKING_FILE      UINT64_C(0x01)
 #define QED_F_NEED_CHECK        UINT64_C(0x02)
@@ -67,7 +76,8 @@ struct qed_state {
     uint64_t table_entries;     /* entries per table */
     uint64_t file_end;          /* where the next cluster goes */
     bool is_need_check_set;     /* by this open: cleared at close */
-    pthread_mutex_t lock;       /* protects tables, file_end and the header */
+    struct vimg_table_cache tables;     /* L1 and L2 entries */
+    pthread_mutex_t lock;       /* protects tables, the table cache, file_end and the header */
 };
 
 static uint32_t
@@ -159,13 +169,16 @@ qed_is_valid_offset(const struct qed_state *s, uint64_t offset)
            offset >= (uint64_t)s->h.header_size * s->h.cluster_size && offset < s->file_end;
 }
 
+/*
+ * As qemu-img: the table's first and last clusters must be valid and the
+ * last must lie past the first, so qemu-img accepts no table of one cluster.
+ */
 static bool
 qed_is_valid_table(const struct qed_state *s, uint64_t offset)
 {
-    uint64_t bytes = s->table_entries * 8;
+    uint64_t last = offset + ((uint64_t)s->h.table_size - 1) * s->h.cluster_size;
 
-    return qed_is_valid_offset(s, offset) && offset + bytes >= offset &&
-           qed_is_valid_offset(s, (offset + bytes - 1) / s->h.cluster_size * s->h.cluster_size);
+    return last > offset && qed_is_valid_offset(s, offset) && qed_is_valid_offset(s, last);
 }
 
 /* The checks and their order are qemu-img's, so that the messages match. */
@@ -242,7 +255,20 @@ qed_close(struct vimg_node *node)
         s->h.features &= ~QED_F_NEED_CHECK;
         (void)qed_write_header(node, &err);
     }
+    vimg_table_cache_free(&s->tables);
     pthread_mutex_destroy(&s->lock);
+}
+
+static int qed_check_image(struct vimg_node *node, bool fix, struct vimg_check_result *result,
+                           struct vimg_error *err);
+
+/* QEMU's repair at open of an image that was not closed cleanly. */
+static int
+qed_repair_at_open(struct vimg_node *node, struct vimg_error *err)
+{
+    struct vimg_check_result result = { 0 };
+
+    return qed_check_image(node, true, &result, err);
 }
 
 static int
@@ -264,19 +290,25 @@ qed_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
     if (s->h.cluster_size)
         s->file_end = ((uint64_t)file_len + s->h.cluster_size - 1) / s->h.cluster_size *
                       s->h.cluster_size;
-    if ((ret = qed_check_header(s, err)) < 0 || (ret = qed_read_backing_name(node, err)) < 0)
+    if ((ret = qed_check_header(s, err)) < 0 || (ret = qed_read_backing_name(node, err)) < 0 ||
+        (ret = vimg_table_cache_init(&s->tables, node->file, err)) < 0)
         return ret;
     pthread_mutex_init(&s->lock, NULL);
     if ((flags & VIMG_OPEN_RDWR) && s->h.autoclear_features) {
         s->h.autoclear_features = 0;
-        if ((ret = qed_write_header(node, err)) < 0) {
-            pthread_mutex_destroy(&s->lock);
-            return ret;
-        }
+        if ((ret = qed_write_header(node, err)) < 0)
+            goto fail;
     }
+    if ((flags & VIMG_OPEN_RDWR) && !(flags & (VIMG_OPEN_CHECK | VIMG_OPEN_NO_IO)) &&
+        (s->h.features & QED_F_NEED_CHECK) && (ret = qed_repair_at_open(node, err)) < 0)
+        goto fail;
     node->request_alignment = 1;
     node->cluster_size = s->h.cluster_size;
     return 0;
+fail:
+    vimg_table_cache_free(&s->tables);
+    pthread_mutex_destroy(&s->lock);
+    return ret;
 }
 
 static int64_t
@@ -293,10 +325,12 @@ static int
 qed_read_entry(struct vimg_node *node, uint64_t table, uint64_t index, uint64_t *out,
                struct vimg_error *err)
 {
+    struct qed_state *s = node->state;
     uint8_t raw[8];
     int ret;
 
-    if ((ret = vimg_node_pread_padded(node->file, table + index * 8, raw, 8, err)) < 0)
+    if ((ret = vimg_table_cache_read(&s->tables, table, s->table_entries * 8, index, raw,
+                                     err)) < 0)
         return ret;
     *out = qed_le64(raw);
     return 0;
@@ -306,10 +340,22 @@ static int
 qed_write_entry(struct vimg_node *node, uint64_t table, uint64_t index, uint64_t value,
                 struct vimg_error *err)
 {
+    struct qed_state *s = node->state;
     uint8_t raw[8];
 
     qed_put_le64(raw, value);
-    return vimg_node_pwrite(node->file, table + index * 8, raw, 8, 0, err);
+    return vimg_table_cache_write(&s->tables, table, index, raw, err);
+}
+
+/* Writes to the file outside the tables' entries: cached chunks there are stale. */
+static int
+qed_pwrite_file(struct vimg_node *node, uint64_t offset, const void *buf, uint64_t bytes,
+                struct vimg_error *err)
+{
+    struct qed_state *s = node->state;
+
+    vimg_table_cache_drop(&s->tables, offset, bytes);
+    return vimg_node_pwrite(node->file, offset, buf, bytes, 0, err);
 }
 
 /* The L2 table for cluster index (0: none) and the cluster's entry (0: none). */
@@ -335,6 +381,31 @@ qed_lookup(struct vimg_node *node, uint64_t cluster, uint64_t *l2, uint64_t *ent
     return 0;
 }
 
+/*
+ * Extends *len (the part of the request in the cluster at offset, stored at
+ * entry) over the following clusters stored right after it, up to bytes,
+ * so that they are read at once. Called with s->lock held.
+ */
+static int
+qed_extend_run(struct vimg_node *node, uint64_t offset, uint64_t bytes, uint64_t entry,
+               uint64_t *len, struct vimg_error *err)
+{
+    struct qed_state *s = node->state;
+    uint64_t cs = s->h.cluster_size, l2, next;
+    int ret;
+
+    while (*len < bytes) {
+        uint64_t pos = offset + *len;
+
+        if ((ret = qed_lookup(node, pos / cs, &l2, &next, err)) < 0)
+            return ret;
+        if (next != entry + (pos / cs - offset / cs) * cs)
+            break;
+        *len += bytes - *len < cs ? bytes - *len : cs;
+    }
+    return 0;
+}
+
 static int
 qed_read(struct vimg_node *node, uint64_t offset, uint8_t *out, uint64_t bytes,
          struct vimg_error *err)
@@ -349,6 +420,8 @@ qed_read(struct vimg_node *node, uint64_t offset, uint8_t *out, uint64_t bytes,
 
         pthread_mutex_lock(&s->lock);
         ret = qed_lookup(node, offset / s->h.cluster_size, &l2, &entry, err);
+        if (ret == 0 && entry > QED_ZERO_CLUSTER)
+            ret = qed_extend_run(node, offset, bytes, entry, &len, err);
         pthread_mutex_unlock(&s->lock);
         if (ret < 0)
             return ret;
@@ -396,11 +469,36 @@ qed_alloc_cluster(struct vimg_node *node, uint64_t cluster, uint64_t entry, uint
     memcpy(buf + in_cluster, data, len);
     *host = s->file_end;
     if (ret == 0)
-        ret = vimg_node_pwrite(node->file, *host, buf, cs, 0, err);
+        ret = qed_pwrite_file(node, *host, buf, cs, err);
     free(buf);
     if (ret == 0)
         s->file_end += cs;
     return ret;
+}
+
+/* A new L2 table at the end of the file holding value where is_set, then its L1 entry. */
+static int
+qed_new_l2(struct vimg_node *node, uint64_t first, uint64_t n, const bool *is_set,
+           const uint64_t *values, struct vimg_error *err)
+{
+    struct qed_state *s = node->state;
+    uint64_t table_bytes = s->table_entries * 8, l2 = s->file_end;
+    uint8_t *table = calloc(1, table_bytes);
+    int ret;
+
+    if (!table)
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    for (uint64_t i = 0; i < n; i++)
+        if (is_set[i])
+            qed_put_le64(table + ((first + i) % s->table_entries) * 8, values[i]);
+    ret = qed_pwrite_file(node, l2, table, table_bytes, err);
+    free(table);
+    if (ret < 0)
+        return ret;
+    s->file_end += table_bytes;
+    if ((ret = vimg_node_flush(node->file, err)) < 0)
+        return ret;
+    return qed_write_entry(node, s->h.l1_table_offset, first / s->table_entries, l2, err);
 }
 
 /*
@@ -435,7 +533,7 @@ qed_write_l2_range(struct vimg_node *node, uint64_t offset, const uint8_t *data,
         if ((ret = qed_lookup(node, first + i, &l2, &entry, err)) < 0)
             break;
         if (entry > QED_ZERO_CLUSTER) {
-            ret = vimg_node_pwrite(node->file, entry + in_cluster, p, len, 0, err);
+            ret = qed_pwrite_file(node, entry + in_cluster, p, len, err);
             continue;
         }
         if ((ret = qed_set_need_check(node, err)) == 0)
@@ -452,26 +550,7 @@ qed_write_l2_range(struct vimg_node *node, uint64_t offset, const uint8_t *data,
     if ((ret = vimg_node_flush(node->file, err)) < 0)
         goto out;
     if (l2 == 0) {
-        uint64_t table_bytes = s->table_entries * 8;
-        uint8_t *table = calloc(1, table_bytes);
-
-        if (!table) {
-            ret = vimg_error_set(err, ENOMEM, "Out of memory");
-            goto out;
-        }
-        for (uint64_t i = 0; i < n; i++)
-            if (is_new[i])
-                qed_put_le64(table + ((first + i) % s->table_entries) * 8, hosts[i]);
-        l2 = s->file_end;
-        ret = vimg_node_pwrite(node->file, l2, table, table_bytes, 0, err);
-        free(table);
-        if (ret == 0)
-            s->file_end += table_bytes;
-        if (ret == 0)
-            ret = vimg_node_flush(node->file, err);
-        if (ret == 0)
-            ret = qed_write_entry(node, s->h.l1_table_offset, first / s->table_entries, l2,
-                                  err);
+        ret = qed_new_l2(node, first, n, is_new, hosts, err);
         goto out;
     }
     for (uint64_t i = 0; i < n && ret == 0; i++)
@@ -480,6 +559,26 @@ qed_write_l2_range(struct vimg_node *node, uint64_t offset, const uint8_t *data,
 out:
     free(hosts);
     free(is_new);
+    return ret;
+}
+
+static int
+qed_pwritev(struct vimg_node *node, uint64_t offset, uint64_t bytes, const struct iovec *iov,
+            int n_iov, unsigned flags, struct vimg_error *err);
+
+/* Part of one cluster written with zero bytes, as data. */
+static int
+qed_write_zero_data(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                    struct vimg_error *err)
+{
+    struct iovec iov;
+    int ret;
+
+    if (!(iov.iov_base = calloc(1, bytes)))
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    iov.iov_len = bytes;
+    ret = qed_pwritev(node, offset, bytes, &iov, 1, 0, err);
+    free(iov.iov_base);
     return ret;
 }
 
@@ -511,6 +610,87 @@ qed_pwritev(struct vimg_node *node, uint64_t offset, uint64_t bytes, const struc
     }
     pthread_mutex_unlock(&s->lock);
     free(buf);
+    return ret;
+}
+
+/*
+ * Zeroes whole clusters inside one L2 table's range, as qemu-img: clusters
+ * with data are overwritten with zeros, unallocated ones become zero
+ * clusters (entry 1), zero clusters stay.
+ */
+static int
+qed_zero_l2_range(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                  struct vimg_error *err)
+{
+    struct qed_state *s = node->state;
+    uint64_t cs = s->h.cluster_size, first = offset / cs, n = bytes / cs, l2 = 0, *ones;
+    bool *is_set, has_set = false;
+    uint8_t *zeros;
+    int ret = 0;
+
+    is_set = calloc(n, sizeof(*is_set));
+    ones = malloc(n * sizeof(*ones));
+    zeros = calloc(1, cs);
+    if (!is_set || !ones || !zeros) {
+        ret = vimg_error_set(err, ENOMEM, "Out of memory");
+        goto out;
+    }
+    for (uint64_t i = 0; i < n && ret == 0; i++) {
+        uint64_t entry;
+
+        ones[i] = QED_ZERO_CLUSTER;
+        if ((ret = qed_lookup(node, first + i, &l2, &entry, err)) < 0)
+            break;
+        if (entry > QED_ZERO_CLUSTER)
+            ret = qed_pwrite_file(node, entry, zeros, cs, err);
+        else if (entry == 0)
+            has_set = is_set[i] = true;
+    }
+    if (ret < 0 || !has_set || (ret = qed_set_need_check(node, err)) < 0)
+        goto out;
+    if (l2 == 0) {
+        ret = qed_new_l2(node, first, n, is_set, ones, err);
+        goto out;
+    }
+    for (uint64_t i = 0; i < n && ret == 0; i++)
+        if (is_set[i])
+            ret = qed_write_entry(node, l2, (first + i) % s->table_entries, QED_ZERO_CLUSTER, err);
+out:
+    free(is_set);
+    free(ones);
+    free(zeros);
+    return ret;
+}
+
+/* Unaligned ends are written as zero data, the whole clusters between as zero clusters. */
+static int
+qed_pwrite_zeroes(struct vimg_node *node, uint64_t offset, uint64_t bytes, unsigned flags,
+                  struct vimg_error *err)
+{
+    struct qed_state *s = node->state;
+    uint64_t cs = s->h.cluster_size, span = cs * s->table_entries;
+    uint64_t head = offset % cs ? cs - offset % cs : 0, mid, tail;
+    int ret = 0;
+
+    (void)flags;
+    if (head >= bytes)
+        return qed_write_zero_data(node, offset, bytes, err);
+    mid = (bytes - head) / cs * cs;
+    tail = bytes - head - mid;
+    if (head && (ret = qed_write_zero_data(node, offset, head, err)) < 0)
+        return ret;
+    pthread_mutex_lock(&s->lock);
+    for (uint64_t pos = offset + head; pos < offset + head + mid && ret == 0;) {
+        uint64_t len = span - pos % span;
+
+        if (len > offset + head + mid - pos)
+            len = offset + head + mid - pos;
+        ret = qed_zero_l2_range(node, pos, len, err);
+        pos += len;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (ret == 0 && tail)
+        ret = qed_write_zero_data(node, offset + head + mid, tail, err);
     return ret;
 }
 
@@ -555,42 +735,170 @@ qed_block_status(struct vimg_node *node, uint64_t offset, uint64_t bytes,
     return 0;
 }
 
-/* Tables and clusters that point outside the file or into the header are corruptions. */
+/* What one check run carries from table to table. */
+struct qed_check_run {
+    struct vimg_check_result *result;
+    bool fix;
+    uint64_t n_clusters;        /* the file's length in clusters */
+    uint8_t *used;              /* one bit per cluster of the file */
+    uint64_t *chunk;            /* QED_CHUNK_ENTRIES entries */
+};
+
+/* Marks n clusters from offset used; each one already used is a corruption. */
+static bool
+qed_mark_used(struct qed_check_run *r, const struct qed_state *s, uint64_t offset, uint64_t n)
+{
+    uint64_t cluster = offset / s->h.cluster_size, dup = 0;
+
+    for (; n--; cluster++) {
+        if (cluster >= r->n_clusters)
+            continue;
+        if (r->used[cluster / 8] & (1u << (cluster % 8)))
+            dup++;
+        r->used[cluster / 8] |= (uint8_t)(1u << (cluster % 8));
+    }
+    r->result->corruptions += (int64_t)dup;
+    return dup == 0;
+}
+
+static int
+qed_read_chunk(struct vimg_node *node, uint64_t table, uint64_t first, uint64_t n,
+               uint64_t *out, struct vimg_error *err)
+{
+    uint8_t *raw = (uint8_t *)out;
+    int ret;
+
+    if ((ret = vimg_node_pread_padded(node->file, table + first * 8, raw, n * 8, err)) < 0)
+        return ret;
+    for (uint64_t i = 0; i < n; i++)
+        out[i] = qed_le64(raw + i * 8);
+    return 0;
+}
+
+/*
+ * One L2 table, as qemu-img counts it: every entry past 1 is allocated (and
+ * may be fragmented) even when its offset is invalid; invalid ones are
+ * corruptions, or with fix are cleared.
+ */
+static int
+qed_check_l2(struct vimg_node *node, struct qed_check_run *r, uint64_t l2,
+             struct vimg_error *err)
+{
+    struct qed_state *s = node->state;
+    uint64_t last = 0;
+    int ret;
+
+    for (uint64_t base = 0; base < s->table_entries; base += QED_CHUNK_ENTRIES) {
+        uint64_t n = s->table_entries - base < QED_CHUNK_ENTRIES ? s->table_entries - base
+                                                                : QED_CHUNK_ENTRIES;
+
+        if ((ret = qed_read_chunk(node, l2, base, n, r->chunk, err)) < 0)
+            return ret;
+        for (uint64_t i = 0; i < n; i++) {
+            uint64_t entry = r->chunk[i];
+
+            if (entry <= QED_ZERO_CLUSTER)
+                continue;
+            r->result->allocated_clusters++;
+            if (last && last + s->h.cluster_size != entry)
+                r->result->fragmented_clusters++;
+            last = entry;
+            if (qed_is_valid_offset(s, entry)) {
+                qed_mark_used(r, s, entry, 1);
+            } else if (!r->fix) {
+                r->result->corruptions++;
+            } else if ((ret = qed_write_entry(node, l2, base + i, 0, err)) < 0) {
+                return ret;
+            } else {
+                r->result->corruptions_fixed++;
+            }
+        }
+    }
+    return 0;
+}
+
+static int
+qed_check_l1(struct vimg_node *node, struct qed_check_run *r, struct vimg_error *err)
+{
+    struct qed_state *s = node->state;
+    uint64_t l1 = s->h.l1_table_offset;
+    uint64_t l2s[64];
+    int ret;
+
+    qed_mark_used(r, s, l1, s->h.table_size);
+    for (uint64_t base = 0; base < s->table_entries; base += 64) {
+        uint64_t n = s->table_entries - base < 64 ? s->table_entries - base : 64;
+
+        if ((ret = qed_read_chunk(node, l1, base, n, l2s, err)) < 0)
+            return ret;
+        for (uint64_t i = 0; i < n; i++) {
+            if (l2s[i] == 0)
+                continue;
+            if (!qed_is_valid_table(s, l2s[i])) {
+                if (!r->fix) {
+                    r->result->corruptions++;
+                    continue;
+                }
+                if ((ret = qed_write_entry(node, l1, base + i, 0, err)) < 0)
+                    return ret;
+                r->result->corruptions_fixed++;
+                continue;
+            }
+            if (!qed_mark_used(r, s, l2s[i], s->h.table_size))
+                continue;
+            if ((ret = qed_check_l2(node, r, l2s[i], err)) < 0)
+                r->result->check_errors++;
+        }
+    }
+    return 0;
+}
+
+/*
+ * qemu-img's check: tables and clusters that point outside the file or into
+ * the header are corruptions, clusters used twice too, and clusters of the
+ * file that nothing uses are leaks (never repaired). With fix, bad entries
+ * are cleared and a clean result clears need-check.
+ */
+static int
+qed_check_image(struct vimg_node *node, bool fix, struct vimg_check_result *result,
+                struct vimg_error *err)
+{
+    struct qed_state *s = node->state;
+    struct qed_check_run r = { .result = result, .fix = fix };
+    int ret;
+
+    r.n_clusters = s->file_end / s->h.cluster_size;
+    r.used = calloc(r.n_clusters / 8 + 1, 1);
+    r.chunk = malloc(QED_CHUNK_ENTRIES * sizeof(*r.chunk));
+    if (!r.used || !r.chunk) {
+        ret = vimg_error_set(err, ENOMEM, "Out of memory");
+        goto out;
+    }
+    result->total_clusters = (int64_t)((s->h.image_size + s->h.cluster_size - 1) /
+                                       s->h.cluster_size);
+    pthread_mutex_lock(&s->lock);
+    ret = qed_check_l1(node, &r, err);
+    for (uint64_t i = s->h.header_size; ret == 0 && i < r.n_clusters; i++)
+        if (!(r.used[i / 8] & (1u << (i % 8))))
+            result->leaks++;
+    if (ret == 0 && fix && !result->corruptions && !result->check_errors &&
+        (s->h.features & QED_F_NEED_CHECK) && (ret = vimg_node_flush(node->file, err)) == 0) {
+        s->h.features &= ~QED_F_NEED_CHECK;
+        s->is_need_check_set = false;
+        ret = qed_write_header(node, err);
+    }
+    pthread_mutex_unlock(&s->lock);
+out:
+    free(r.used);
+    free(r.chunk);
+    return ret;
+}
+
 static int
 qed_check(struct vimg_node *node, int fix, struct vimg_check_result *result,
           struct vimg_error *err)
 {
-    struct qed_state *s = node->state;
-    uint64_t prev = 0;              /* the last data cluster, for fragmentation */
-    int ret = 0;
-
-    if (fix)
-        return vimg_error_set(err, ENOTSUP, "This image format does not support checks");
-    result->total_clusters = (int64_t)((s->h.image_size + s->h.cluster_size - 1) /
-                                       s->h.cluster_size);
-    for (uint64_t i = 0; i < s->table_entries && ret == 0; i++) {
-        uint64_t l2, entry;
-
-        if ((ret = qed_read_entry(node, s->h.l1_table_offset, i, &l2, err)) < 0 || l2 == 0)
-            continue;
-        if (!qed_is_valid_table(s, l2)) {
-            result->corruptions++;
-            continue;
-        }
-        for (uint64_t j = 0; j < s->table_entries && ret == 0; j++) {
-            if ((ret = qed_read_entry(node, l2, j, &entry, err)) < 0 || entry <= 1)
-                continue;
-            if (!qed_is_valid_offset(s, entry)) {
-                result->corruptions++;
-                continue;
-            }
-            if (prev && entry != prev + s->h.cluster_size)
-                result->fragmented_clusters++;
-            prev = entry;
-            result->allocated_clusters++;
-        }
-    }
-    return ret;
+    return qed_check_image(node, fix != 0, result, err);
 }
 
 /* Creation */
@@ -613,6 +921,28 @@ struct qed_create_params {
     const char *backing_fmt;
 };
 
+/*
+ * table_size reaches qemu-img's QED code as a 32-bit integer: the text must
+ * be a plain (decimal, octal or hex) integer, and is cut to 32 bits.
+ */
+static int
+qed_parse_table_size(struct vimg_opts *opts, uint64_t *out, struct vimg_error *err)
+{
+    const char *v = vimg_opts_get(opts, "table_size");
+    char *end;
+    int ret;
+
+    if ((ret = vimg_opts_get_size(opts, "table_size", QED_DEFAULT_TABLE_SIZE, out, err)) < 0 ||
+        !v)
+        return ret;
+    errno = 0;
+    *out = strtoull(v, &end, 0);
+    if (errno || end == v || *end || *v == '-')
+        return vimg_error_set(err, EINVAL, "Parameter 'table-size' expects integer");
+    *out = (uint32_t)*out;
+    return 0;
+}
+
 static int
 qed_parse_create(struct vimg_opts *opts, struct qed_create_params *p,
                  struct vimg_error *err)
@@ -627,8 +957,7 @@ qed_parse_create(struct vimg_opts *opts, struct qed_create_params *p,
     if ((ret = vimg_opts_get_size(opts, "size", 0, &p->size, err)) < 0 ||
         (ret = vimg_opts_get_size(opts, "cluster_size", QED_DEFAULT_CLUSTER, &p->cluster_size,
                                   err)) < 0 ||
-        (ret = vimg_opts_get_size(opts, "table_size", QED_DEFAULT_TABLE_SIZE, &p->table_size,
-                                  err)) < 0)
+        (ret = qed_parse_table_size(opts, &p->table_size, err)) < 0)
         return ret;
     if (!qed_is_pow2(p->cluster_size) || p->cluster_size < QED_MIN_CLUSTER_SIZE ||
         p->cluster_size > QED_MAX_CLUSTER_SIZE)
@@ -645,7 +974,7 @@ qed_parse_create(struct vimg_opts *opts, struct qed_create_params *p,
         __builtin_add_overflow(p->size, QED_SECTOR_SIZE - p->size % QED_SECTOR_SIZE, &p->size))
         p->size = UINT64_MAX;
     max = qed_max_image_size((uint32_t)p->cluster_size, (uint32_t)p->table_size);
-    if (p->size >= max)
+    if (p->size > max)
         return vimg_error_set(err, EINVAL, "QED image size must be a non-zero multiple of "
                               "cluster size and less than %" PRIu64 " bytes", max);
     return 0;
@@ -722,6 +1051,7 @@ const struct vimg_driver vimg_qed_driver = {
     .create = qed_create,
     .pread = qed_read,
     .pwritev = qed_pwritev,
+    .pwrite_zeroes = qed_pwrite_zeroes,
     .flush = qed_flush,
     .block_status = qed_block_status,
     .check = qed_check,

@@ -4,8 +4,13 @@
  * blocks. Layout and limits are those of images qemu-img 7.2 writes, so
  * both tools accept the same files with the same messages.
  *
+ * Blocks mapped to the discarded-block marker read as zeros and are
+ * allocated anew when written. Discard, zero writes and `check -r` behave as
+ * in qemu-img, whose vdi driver has none of them: discard does nothing, zeros
+ * are written as data, and `check -r` is refused.
+ *
  * Left out: differencing images (a parent or link UUID is refused, as in
- * qemu-img), `check -r`, discard and zero writes (zeros are written as data).
+ * qemu-img).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -433,6 +438,13 @@ vdi_check(struct vimg_node *node, int fix, struct vimg_check_result *result,
         return vimg_error_set(err, ENOMEM, "Out of memory");
     for (uint32_t i = 0; i < n_blocks; i++) {
         uint32_t entry = vdi_entry(s, i);
+
+        /* Past the stored map every entry reads as block 0: count them at once. */
+        if (i >= s->n_stored && n_blocks > 0 && (used[0] & 1)) {
+            n_allocated += n_blocks - i;
+            result->corruptions += n_blocks - i;
+            break;
+        }
 
         if (!vdi_is_allocated(entry))
             continue;

@@ -5,8 +5,10 @@
  * qemu:allocation-depth context from QEMU's docs/interop/nbd.rst).
  * Every length the client sends is bounded before it sizes a buffer and
  * checked against the option's length before a field is read.
- * Leaves out: TLS (STARTTLS is refused with NBD_REP_ERR_POLICY), oldstyle
- * negotiation (never offered), extended headers.
+ * With TLS credentials, every option but STARTTLS and ABORT is refused with
+ * NBD_REP_ERR_TLS_REQD (EXPORT_NAME ends the session) until the TLS
+ * handshake is done ("TLS support", "FORCEDTLS" mode).
+ * Leaves out: oldstyle negotiation (never offered), extended headers.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -44,14 +46,21 @@ nbd_name_matches(const struct vimg_nbd_server *server, const char *name, uint32_
     return strlen(server->exp.name) == len && memcmp(server->exp.name, name, len) == 0;
 }
 
+/* DF means something only with structured replies: qemu-nbd offers it only then. */
+static uint16_t
+nbd_conn_flags(const struct nbd_conn *conn)
+{
+    return conn->server->tx_flags | (conn->has_structured ? NBD_FLAG_SEND_DF : 0);
+}
+
 static int
 nbd_reply_export_name(struct nbd_conn *conn, struct vimg_error *err)
 {
     uint8_t buf[8 + 2 + 124] = { 0 };
 
     nbd_put_be64(buf, conn->server->size);
-    nbd_put_be16(buf + 8, conn->server->tx_flags);
-    return nbd_send_full(conn->fd, buf, conn->no_zeroes ? 10 : sizeof(buf), err);
+    nbd_put_be16(buf + 8, nbd_conn_flags(conn));
+    return nbd_send_full(conn, buf, conn->no_zeroes ? 10 : sizeof(buf), err);
 }
 
 /* NBD_OPT_EXPORT_NAME cannot fail politely: an unknown name ends the session. */
@@ -136,7 +145,7 @@ nbd_send_infos(struct nbd_conn *conn, const struct nbd_option *o, const uint8_t 
     if ((ret = nbd_send_info(conn, o->opt, NBD_INFO_BLOCK_SIZE, buf, 12, err)) < 0)
         return ret;
     nbd_put_be64(buf, server->size);
-    nbd_put_be16(buf + 8, server->tx_flags);
+    nbd_put_be16(buf + 8, nbd_conn_flags(conn));
     return nbd_send_info(conn, o->opt, NBD_INFO_EXPORT, buf, 10, err);
 }
 
@@ -186,7 +195,7 @@ static int
 nbd_send_context(struct nbd_conn *conn, uint32_t opt, uint32_t id, const char *name,
                  struct vimg_error *err)
 {
-    uint8_t buf[4 + 64];
+    uint8_t buf[4 + NBD_MAX_STRING];
     size_t len = strlen(name);
 
     nbd_put_be32(buf, id);
@@ -194,30 +203,54 @@ nbd_send_context(struct nbd_conn *conn, uint32_t opt, uint32_t id, const char *n
     return nbd_send_option_reply(conn, opt, NBD_REP_META_CONTEXT, buf, (uint32_t)(4 + len), err);
 }
 
-/* Which of our contexts a query names: "base:" and "qemu:" select a whole namespace. */
-static void
-nbd_match_query(const struct vimg_nbd_server *server, const char *q, uint32_t len,
-                bool *alloc, bool *depth)
+/* The metadata contexts a LIST or SET_META_CONTEXT request selects. */
+struct nbd_contexts {
+    bool alloc, depth, bitmap;
+};
+
+static bool
+nbd_query_is(const char *q, uint32_t len, const char *name)
 {
-    if ((len == 5 && memcmp(q, "base:", 5) == 0) ||
-        (len == strlen(NBD_CONTEXT_ALLOCATION) && memcmp(q, NBD_CONTEXT_ALLOCATION, len) == 0))
-        *alloc = true;
-    if (server->exp.has_allocation_depth &&
-        ((len == 5 && memcmp(q, "qemu:", 5) == 0) ||
-         (len == strlen(NBD_CONTEXT_DEPTH) && memcmp(q, NBD_CONTEXT_DEPTH, len) == 0)))
-        *depth = true;
+    return len == strlen(name) && memcmp(q, name, len) == 0;
+}
+
+/*
+ * Which of our contexts a query names. A bare namespace ("base:", "qemu:",
+ * "qemu:dirty-bitmap:") selects all it holds, but only for LIST, as the
+ * spec allows and qemu-nbd does.
+ */
+static void
+nbd_match_query(const struct vimg_nbd_server *server, bool is_list, const char *q,
+                uint32_t len, struct nbd_contexts *c)
+{
+    bool has_depth = server->exp.has_allocation_depth, has_bitmap = server->bitmap_context;
+
+    if (nbd_query_is(q, len, NBD_CONTEXT_ALLOCATION) || (is_list && nbd_query_is(q, len, "base:")))
+        c->alloc = true;
+    if (is_list && nbd_query_is(q, len, "qemu:")) {
+        c->depth |= has_depth;
+        c->bitmap |= has_bitmap;
+    }
+    if (has_depth && nbd_query_is(q, len, NBD_CONTEXT_DEPTH))
+        c->depth = true;
+    if (has_bitmap && ((is_list && nbd_query_is(q, len, NBD_CONTEXT_BITMAP_PREFIX)) ||
+                       nbd_query_is(q, len, server->bitmap_context)))
+        c->bitmap = true;
 }
 
 /* Parses the queries of LIST/SET_META_CONTEXT into the contexts they select. */
 static int
-nbd_parse_meta_queries(struct nbd_conn *conn, const struct nbd_option *o, bool *alloc,
-                       bool *depth, struct vimg_error *err)
+nbd_parse_meta_queries(struct nbd_conn *conn, const struct nbd_option *o,
+                       struct nbd_contexts *c, struct vimg_error *err)
 {
+    const struct vimg_nbd_server *server = conn->server;
+    bool is_list = o->opt == NBD_OPT_LIST_META_CONTEXT;
     const char *name, *q;
     uint32_t name_len, n_queries, q_len, pos = 0;
 
-    *alloc = *depth = false;
-    if (!conn->has_structured)
+    memset(c, 0, sizeof(*c));
+    /* Listing needs no structured replies (qemu-nbd answers it without). */
+    if (!conn->has_structured && !is_list)
         return nbd_send_option_error(conn, o->opt, NBD_REP_ERR_INVALID, err,
                                      "structured replies not negotiated");
     if (!nbd_take_string(o, &pos, &name, &name_len) || o->len - pos < 4)
@@ -229,18 +262,19 @@ nbd_parse_meta_queries(struct nbd_conn *conn, const struct nbd_option *o, bool *
         if (!nbd_take_string(o, &pos, &q, &q_len))
             return nbd_send_option_error(conn, o->opt, NBD_REP_ERR_INVALID, err,
                                          "query %u does not fit in the request", i);
-        nbd_match_query(conn->server, q, q_len, alloc, depth);
+        nbd_match_query(server, is_list, q, q_len, c);
     }
     if (pos != o->len)
         return nbd_send_option_error(conn, o->opt, NBD_REP_ERR_INVALID, err,
                                      "request has %u trailing bytes", o->len - pos);
-    if (!nbd_name_matches(conn->server, name, name_len))
+    if (!nbd_name_matches(server, name, name_len))
         return nbd_send_option_error(conn, o->opt, NBD_REP_ERR_UNKNOWN, err,
                                      "export '%.*s' not present", (int)name_len, name);
     /* With no query, LIST_META_CONTEXT lists everything. */
-    if (n_queries == 0 && o->opt == NBD_OPT_LIST_META_CONTEXT) {
-        *alloc = true;
-        *depth = conn->server->exp.has_allocation_depth;
+    if (n_queries == 0 && is_list) {
+        c->alloc = true;
+        c->depth = server->exp.has_allocation_depth;
+        c->bitmap = server->bitmap_context;
     }
     return 1;
 }
@@ -249,23 +283,65 @@ static int
 nbd_opt_meta_context(struct nbd_conn *conn, const struct nbd_option *o, struct vimg_error *err)
 {
     bool is_set = o->opt == NBD_OPT_SET_META_CONTEXT;
-    bool alloc, depth;
-    int ret = nbd_parse_meta_queries(conn, o, &alloc, &depth, err);
+    struct nbd_contexts c;
+    int ret = nbd_parse_meta_queries(conn, o, &c, err);
 
     if (ret <= 0)
         return ret;
     if (is_set) {
-        conn->has_allocation = alloc;
-        conn->has_depth = depth;
+        conn->has_allocation = c.alloc;
+        conn->has_depth = c.depth;
+        conn->has_bitmap = c.bitmap;
     }
     /* LIST replies carry id 0, which the spec reserves for them. */
-    if (alloc && (ret = nbd_send_context(conn, o->opt, is_set ? NBD_CONTEXT_ID_ALLOCATION : 0,
-                                         NBD_CONTEXT_ALLOCATION, err)) < 0)
+    if (c.alloc && (ret = nbd_send_context(conn, o->opt, is_set ? NBD_CONTEXT_ID_ALLOCATION : 0,
+                                           NBD_CONTEXT_ALLOCATION, err)) < 0)
         return ret;
-    if (depth && (ret = nbd_send_context(conn, o->opt, is_set ? NBD_CONTEXT_ID_DEPTH : 0,
-                                         NBD_CONTEXT_DEPTH, err)) < 0)
+    if (c.depth && (ret = nbd_send_context(conn, o->opt, is_set ? NBD_CONTEXT_ID_DEPTH : 0,
+                                           NBD_CONTEXT_DEPTH, err)) < 0)
+        return ret;
+    if (c.bitmap && (ret = nbd_send_context(conn, o->opt, is_set ? NBD_CONTEXT_ID_BITMAP : 0,
+                                            conn->server->bitmap_context, err)) < 0)
         return ret;
     return nbd_send_option_reply(conn, o->opt, NBD_REP_ACK, NULL, 0, err);
+}
+
+static int
+nbd_opt_starttls(struct nbd_conn *conn, const struct nbd_option *o, struct vimg_error *err)
+{
+    int ret;
+
+    if (!conn->server->tls)
+        return nbd_send_option_error(conn, o->opt, NBD_REP_ERR_POLICY, err,
+                                     "TLS not configured");
+    if (conn->tls)
+        return nbd_send_option_error(conn, o->opt, NBD_REP_ERR_INVALID, err,
+                                     "TLS already enabled");
+    if (o->len != 0)
+        return nbd_send_option_error(conn, o->opt, NBD_REP_ERR_INVALID, err,
+                                     "request length %u is not zero", o->len);
+    if ((ret = nbd_send_option_reply(conn, o->opt, NBD_REP_ACK, NULL, 0, err)) < 0)
+        return ret;
+    return nbd_tls_start(conn, err);
+}
+
+/* Before STARTTLS on a server that requires TLS; same returns as nbd_handle_option. */
+static int
+nbd_handle_option_before_tls(struct nbd_conn *conn, const struct nbd_option *o,
+                             struct vimg_error *err)
+{
+    switch (o->opt) {
+    case NBD_OPT_STARTTLS:
+        return nbd_opt_starttls(conn, o, err);
+    case NBD_OPT_ABORT:
+        nbd_send_option_reply(conn, o->opt, NBD_REP_ACK, NULL, 0, NULL);
+        return NBD_HANDSHAKE_END;
+    case NBD_OPT_EXPORT_NAME:
+        return vimg_error_set(err, EPERM, "Option 0x%x not permitted before TLS", o->opt);
+    default:
+        return nbd_send_option_error(conn, o->opt, NBD_REP_ERR_TLS_REQD, err,
+                                     "Option 0x%x not permitted before TLS", o->opt);
+    }
 }
 
 /* Returns NBD_HANDSHAKE_TRANSMIT or _END when negotiation is over, 0 to go on, or -errno. */
@@ -275,6 +351,8 @@ nbd_handle_option(struct nbd_conn *conn, const struct nbd_option *o, struct vimg
     if (!conn->is_fixed && o->opt != NBD_OPT_EXPORT_NAME)
         return vimg_error_set(err, EPROTO, "option %u from a client without fixed newstyle "
                               "negotiation", o->opt);
+    if (conn->server->tls && !conn->tls)
+        return nbd_handle_option_before_tls(conn, o, err);
     switch (o->opt) {
     case NBD_OPT_EXPORT_NAME:
         return nbd_opt_export_name(conn, o, err);
@@ -285,8 +363,7 @@ nbd_handle_option(struct nbd_conn *conn, const struct nbd_option *o, struct vimg
     case NBD_OPT_LIST:
         return nbd_opt_list(conn, o, err);
     case NBD_OPT_STARTTLS:
-        return nbd_send_option_error(conn, o->opt, NBD_REP_ERR_POLICY, err,
-                                     "TLS not configured");
+        return nbd_opt_starttls(conn, o, err);
     case NBD_OPT_INFO:
     case NBD_OPT_GO:
         return nbd_opt_info_go(conn, o, err);
@@ -307,7 +384,7 @@ nbd_read_option(struct nbd_conn *conn, struct nbd_option *o, struct vimg_error *
     uint8_t hdr[16];
     int ret;
 
-    if ((ret = nbd_recv_full(conn->fd, hdr, sizeof(hdr), true, err)) < 0)
+    if ((ret = nbd_recv_full(conn, hdr, sizeof(hdr), true, err)) < 0)
         return ret;
     if (nbd_get_be64(hdr) != NBD_OPTS_MAGIC)
         return vimg_error_set(err, EPROTO, "bad option magic 0x%016llx",
@@ -319,7 +396,7 @@ nbd_read_option(struct nbd_conn *conn, struct nbd_option *o, struct vimg_error *
                               o->opt, o->len, NBD_MAX_OPTION_LEN);
     if (!(o->data = malloc(o->len ? o->len : 1)))
         return vimg_error_set(err, ENOMEM, "Out of memory");
-    if ((ret = nbd_recv_full(conn->fd, o->data, o->len, false, err)) < 0) {
+    if ((ret = nbd_recv_full(conn, o->data, o->len, false, err)) < 0) {
         free(o->data);
         o->data = NULL;
     }
@@ -336,8 +413,8 @@ nbd_handshake(struct nbd_conn *conn, struct vimg_error *err)
     nbd_put_be64(hello, NBD_MAGIC);
     nbd_put_be64(hello + 8, NBD_OPTS_MAGIC);
     nbd_put_be16(hello + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
-    if ((ret = nbd_send_full(conn->fd, hello, sizeof(hello), err)) < 0 ||
-        (ret = nbd_recv_full(conn->fd, client, sizeof(client), false, err)) < 0)
+    if ((ret = nbd_send_full(conn, hello, sizeof(hello), err)) < 0 ||
+        (ret = nbd_recv_full(conn, client, sizeof(client), false, err)) < 0)
         return ret;
     client_flags = nbd_get_be32(client);
     if (client_flags & ~(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES))

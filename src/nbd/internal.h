@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #include <vimg/error.h>
@@ -43,6 +44,7 @@
 #define NBD_REP_ERR_UNSUP           0x80000001u
 #define NBD_REP_ERR_POLICY          0x80000002u
 #define NBD_REP_ERR_INVALID         0x80000003u
+#define NBD_REP_ERR_TLS_REQD        0x80000005u
 #define NBD_REP_ERR_UNKNOWN         0x80000006u
 
 #define NBD_INFO_EXPORT             0
@@ -107,8 +109,10 @@
 /* Meta context ids this server hands out (any nonzero values would do). */
 #define NBD_CONTEXT_ID_ALLOCATION   1
 #define NBD_CONTEXT_ID_DEPTH        2
+#define NBD_CONTEXT_ID_BITMAP       3
 #define NBD_CONTEXT_ALLOCATION      "base:allocation"
 #define NBD_CONTEXT_DEPTH           "qemu:allocation-depth"
+#define NBD_CONTEXT_BITMAP_PREFIX   "qemu:dirty-bitmap:"
 
 /* Limits: what INFO_BLOCK_SIZE advertises and what the server enforces. */
 #define NBD_MIN_BLOCK               1u
@@ -118,6 +122,7 @@
 #define NBD_MAX_STRING              4096u          /* names and queries, as the spec bounds them */
 #define NBD_MAX_INFLIGHT            64u            /* requests per connection */
 #define NBD_MAX_INFLIGHT_BYTES      (256u << 20)   /* read and write buffers per connection */
+#define NBD_RBUF_SIZE               (64u << 10)    /* one recv can take many request headers */
 
 struct vimg_nbd_server {
     struct vimg_nbd_export exp;     /* strings owned */
@@ -125,16 +130,27 @@ struct vimg_nbd_server {
     uint16_t tx_flags;              /* transmission flags of the export */
     struct vimg_pool *pool;
     vimg_nbd_log_fn log;
+    struct nbd_tls *tls;            /* NULL: no TLS; else clients must STARTTLS first */
+    char *bitmap_context;           /* "qemu:dirty-bitmap:NAME" with -B, else NULL */
+    uint8_t *bitmap_bits;           /* the bitmap as the export started (bit set: dirty) */
+    uint64_t bitmap_granularity;
+    uint64_t bitmap_n_bits;
+    bool is_bitmap_live;            /* enabled bitmap, writable export: writes mark it */
+    pthread_mutex_t bitmap_lock;    /* protects bitmap_bits when is_bitmap_live */
 };
 
 struct nbd_conn {
     struct vimg_nbd_server *server;
     int fd;
+    void *tls;                      /* the GnuTLS session after STARTTLS, else NULL */
+    uint8_t *rbuf;                  /* transmission: bytes received ahead (NBD_RBUF_SIZE) */
+    size_t rbuf_start, rbuf_end;    /* the unread bytes of rbuf */
     bool is_fixed;                  /* fixed newstyle */
     bool no_zeroes;
     bool has_structured;            /* NBD_OPT_STRUCTURED_REPLY acknowledged */
     bool has_allocation;            /* contexts selected by NBD_OPT_SET_META_CONTEXT */
     bool has_depth;
+    bool has_bitmap;
     pthread_mutex_t send_lock;      /* serialises whole replies on fd */
     pthread_mutex_t lock;           /* protects n_inflight, inflight_bytes, is_broken */
     pthread_cond_t cond;            /* signalled when a request finishes */
@@ -159,7 +175,20 @@ enum nbd_handshake_result {
 };
 
 int nbd_handshake(struct nbd_conn *conn, struct vimg_error *err);
+/* server.c: marks [offset, +bytes) of the image dirty in a live -B bitmap. */
+void nbd_bitmap_mark(struct vimg_nbd_server *server, uint64_t offset, uint64_t bytes);
 int nbd_transmission(struct nbd_conn *conn, struct vimg_error *err);
+
+/* tls.c: the server's credentials and the per-connection session */
+struct nbd_tls;
+int nbd_tls_new(const char *creds_id, const char *authz_id, struct nbd_tls **out,
+                struct vimg_error *err);
+void nbd_tls_free(struct nbd_tls *tls);
+int nbd_tls_start(struct nbd_conn *conn, struct vimg_error *err);
+void nbd_tls_end(struct nbd_conn *conn);
+/* Bytes moved, 0 at the end of the stream, or -errno. */
+ssize_t nbd_tls_recv(struct nbd_conn *conn, void *buf, size_t len);
+ssize_t nbd_tls_send(struct nbd_conn *conn, const void *buf, size_t len);
 
 /* wire.c: byte order */
 void nbd_put_be16(uint8_t *p, uint16_t v);
@@ -170,9 +199,10 @@ uint32_t nbd_get_be32(const uint8_t *p);
 uint64_t nbd_get_be64(const uint8_t *p);
 
 /* wire.c: I/O. Reads return 0, -ECONNRESET at EOF before the first byte (eof_ok), or -errno. */
-int nbd_recv_full(int fd, void *buf, size_t len, bool is_eof_ok, struct vimg_error *err);
-int nbd_send_iov(int fd, struct iovec *iov, int n_iov, struct vimg_error *err);
-int nbd_send_full(int fd, const void *buf, size_t len, struct vimg_error *err);
+int nbd_recv_full(struct nbd_conn *conn, void *buf, size_t len, bool is_eof_ok,
+                  struct vimg_error *err);
+int nbd_send_iov(struct nbd_conn *conn, struct iovec *iov, int n_iov, struct vimg_error *err);
+int nbd_send_full(struct nbd_conn *conn, const void *buf, size_t len, struct vimg_error *err);
 void nbd_decode_request(const uint8_t *buf, struct nbd_request *req, uint32_t *magic);
 
 /* wire.c: handshake replies */

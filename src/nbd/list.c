@@ -2,10 +2,24 @@
  * The listing client behind vimg-nbd -L: NBD_OPT_LIST, then NBD_OPT_INFO and
  * NBD_OPT_LIST_META_CONTEXT for each export (doc/proto.md "Option types"),
  * through libnbd's option mode. Without libnbd the call fails with ENOTSUP.
+ *
+ * With TLS credentials (-L --tls-creds) libnbd does the STARTTLS: x509
+ * through nbd_set_tls_certificates and PSK through nbd_set_tls_psk_file. As
+ * qemu-nbd, x509 over a unix socket needs --tls-hostname. libnbd 1.14 can
+ * only check a host name it connected to itself: over TCP without
+ * --tls-hostname the certificate must match the host; with --tls-hostname,
+ * or over a unix socket, only the CA is checked.
  */
 #include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <vimg/object.h>
 
 #include "config.h"
 #include "nbd/internal.h"
@@ -104,47 +118,189 @@ nbd_list_info(struct nbd_handle *h, struct vimg_nbd_export_info *info, struct vi
     return 0;
 }
 
+/* libnbd tells the server's message for a refused option only in its debug output. */
 static int
-nbd_list_connect(struct nbd_handle *h, const char *host, const char *port, const char *path,
-                 struct vimg_error *err)
+nbd_list_debug(void *user_data, const char *context, const char *msg)
 {
-    int ret;
+    static const char key[] = "server error message: ";
+    char *saved = user_data;
+    const char *p = strstr(msg, key);
 
-    if (nbd_set_opt_mode(h, true) < 0 || nbd_set_full_info(h, true) < 0)
-        return vimg_error_set(err, EIO, "%s", nbd_get_error());
-    ret = path ? nbd_connect_unix(h, path) : nbd_connect_tcp(h, host, port);
-    if (ret < 0) {
-        int e = nbd_get_errno() ? nbd_get_errno() : EIO;
-        if (path)
-            return vimg_error_set(err, e, "Failed to connect to '%s': %s", path, strerror(e));
-        return vimg_error_set(err, e, "Failed to connect to '%s:%s': %s", host, port,
-                              strerror(e));
-    }
+    (void)context;
+    if (p)
+        snprintf(saved, VIMG_ERROR_MSG_MAX, "%s", p + strlen(key));
     return 0;
 }
 
+static int
+nbd_list_tcp_fd(const char *host, const char *port, struct vimg_error *err)
+{
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *res, *ai;
+    int fd = -1, e = ECONNREFUSED, r;
+
+    if ((r = getaddrinfo(host, port, &hints, &res)) != 0)
+        return vimg_error_set(err, EHOSTUNREACH, "address resolution failed for %s:%s: %s",
+                              host, port, gai_strerror(r));
+    for (ai = res; ai && fd < 0; ai = ai->ai_next) {
+        if ((fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol)) < 0) {
+            e = errno;
+            continue;
+        }
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
+            e = errno;
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(res);
+    if (fd < 0)
+        return vimg_error_set(err, e, "Failed to connect to '%s:%s': %s", host, port,
+                              strerror(e));
+    return fd;
+}
+
+static int
+nbd_list_unix_fd(const char *path, struct vimg_error *err)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int fd, e;
+
+    if (strlen(path) >= sizeof(sa.sun_path))
+        return vimg_error_set(err, ENAMETOOLONG, "Failed to connect to '%s': %s", path,
+                              strerror(ENAMETOOLONG));
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 ||
+        connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        e = errno;
+        if (fd >= 0)
+            close(fd);
+        return vimg_error_set(err, e, "Failed to connect to '%s': %s", path, strerror(e));
+    }
+    return fd;
+}
+
+/* Asks libnbd for TLS with the client credentials c. */
+static int
+nbd_list_setup_tls(struct nbd_handle *h, const struct vimg_tls_creds *c,
+                   struct vimg_error *err)
+{
+    char path[4096];
+    int r;
+
+    r = nbd_set_tls(h, LIBNBD_TLS_REQUIRE);
+    if (r == 0 && c->type == VIMG_TLS_CREDS_PSK) {
+        snprintf(path, sizeof(path), "%s/keys.psk", c->dir);
+        r = nbd_set_tls_psk_file(h, path);
+        if (r == 0)
+            r = nbd_set_tls_username(h, c->username ? c->username : "qemu");
+    } else if (r == 0) {
+        r = nbd_set_tls_certificates(h, c->dir);
+        if (r == 0)
+            r = nbd_set_tls_verify_peer(h, c->verify_peer);
+    }
+    if (r < 0)
+        return vimg_error_set(err, nbd_get_errno() ? nbd_get_errno() : EIO, "%s",
+                              nbd_get_error());
+    return 0;
+}
+
+/* The connection failed during the handshake: qemu-nbd's words where we know them. */
+static int
+nbd_list_fail(const struct vimg_tls_creds *tls, const char *server_msg, bool is_list,
+              struct vimg_error *err)
+{
+    int e = nbd_get_errno() ? nbd_get_errno() : EIO;
+    const char *msg = nbd_get_error() ? nbd_get_error() : "";
+
+    if (tls && !is_list && (strstr(msg, "server refused TLS") || server_msg[0]))
+        return vimg_error_set(err, e, "Denied by server for option 5 (starttls)%s%s",
+                              server_msg[0] ? "\nserver reported: " : "", server_msg);
+    if (tls && tls->type == VIMG_TLS_CREDS_PSK && strstr(msg, "was not found in PSK file"))
+        return vimg_error_set(err, e, "Username %s not found in PSK file %s/keys.psk",
+                              tls->username ? tls->username : "qemu", tls->dir);
+    if (!tls && is_list && e == ENOTSUP && server_msg[0] &&
+        strstr(server_msg, "not permitted before TLS"))
+        return vimg_error_set(err, e, "TLS negotiation required before option 3 (list)\n"
+                              "Did you forget a valid tls-creds?\nserver reported: %s",
+                              server_msg);
+    return vimg_error_set(err, e, "%s", msg);
+}
+
+static int
+nbd_list_connect(struct nbd_handle *h, const char *host, const char *port, const char *path,
+                 const struct vimg_tls_creds *tls, const char *tls_hostname,
+                 struct vimg_error *err)
+{
+    int ret, fd;
+
+    if (nbd_set_opt_mode(h, true) < 0 || nbd_set_full_info(h, true) < 0)
+        return vimg_error_set(err, EIO, "%s", nbd_get_error());
+    if (tls && (ret = nbd_list_setup_tls(h, tls, err)) < 0)
+        return ret;
+    if (tls && !tls_hostname && !path) {
+        /* libnbd checks the certificate against the host it connects to itself. */
+        if (nbd_connect_tcp(h, host, port) == 0)
+            return 0;
+        ret = nbd_get_errno();
+        if (ret != ECONNREFUSED && ret != EHOSTUNREACH && ret != ENETUNREACH &&
+            ret != ETIMEDOUT)
+            return -1;
+        return vimg_error_set(err, ret, "Failed to connect to '%s:%s': %s", host, port,
+                              strerror(ret));
+    }
+    fd = path ? nbd_list_unix_fd(path, err) : nbd_list_tcp_fd(host, port, err);
+    if (fd < 0)
+        return fd;
+    return nbd_connect_socket(h, fd) < 0 ? -1 : 0;     /* -1: the handshake failed */
+}
+
 int
-vimg_nbd_list(const char *host, const char *port, const char *path,
-              struct vimg_nbd_export_info **out, unsigned *n_out, struct vimg_error *err)
+vimg_nbd_list_tls(const char *host, const char *port, const char *path, const char *tls_creds,
+                  const char *tls_hostname, struct vimg_nbd_export_info **out,
+                  unsigned *n_out, struct vimg_error *err)
 {
     struct nbd_handle *h = nbd_create();
     struct nbd_list_acc acc = { 0 };
     nbd_list_callback cb = { .callback = nbd_list_export, .user_data = &acc };
-    int ret;
+    char server_msg[VIMG_ERROR_MSG_MAX] = "";
+    nbd_debug_callback dcb = { .callback = nbd_list_debug, .user_data = server_msg };
+    struct vimg_tls_creds creds;
+    bool has_tls = false;
+    int ret = 0;
 
     if (!h)
         return vimg_error_set(err, ENOMEM, "%s", nbd_get_error());
-    ret = nbd_list_connect(h, host ? host : "localhost", port ? port : "10809", path, err);
+    if (tls_creds) {
+        if ((ret = vimg_tls_creds_lookup(tls_creds, &creds, err)) < 0)
+            goto out;
+        has_tls = true;
+        if (creds.type == VIMG_TLS_CREDS_X509 && path && !tls_hostname) {
+            ret = vimg_error_set(err, EINVAL, "No hostname for certificate validation");
+            goto out;
+        }
+    }
+    if (nbd_set_debug_callback(h, dcb) < 0 || nbd_set_debug(h, true) < 0) {
+        ret = vimg_error_set(err, EIO, "%s", nbd_get_error());
+        goto out;
+    }
+    host = host ? host : "localhost";
+    port = port ? port : "10809";
+    ret = nbd_list_connect(h, host, port, path, has_tls ? &creds : NULL, tls_hostname, err);
+    if (ret == -1)
+        ret = nbd_list_fail(has_tls ? &creds : NULL, server_msg, false, err);
     if (ret == 0 && nbd_opt_list(h, cb) < 0)
-        ret = vimg_error_set(err, nbd_get_errno() ? nbd_get_errno() : EIO, "%s",
-                             nbd_get_error());
+        ret = nbd_list_fail(has_tls ? &creds : NULL, server_msg, true, err);
     if (ret == 0 && acc.is_oom)
         ret = vimg_error_set(err, ENOMEM, "Out of memory");
     for (unsigned i = 0; ret == 0 && i < acc.n; i++)
         ret = nbd_list_info(h, &acc.items[i], err);
     if (nbd_aio_is_negotiating(h) == 1)
         nbd_opt_abort(h);
+out:
+    nbd_set_debug(h, false);
     nbd_close(h);
+    if (has_tls)
+        vimg_tls_creds_release(&creds);
     if (ret < 0) {
         vimg_nbd_list_free(acc.items, acc.n);
         return ret;
@@ -154,7 +310,23 @@ vimg_nbd_list(const char *host, const char *port, const char *path,
     return 0;
 }
 
+int
+vimg_nbd_list(const char *host, const char *port, const char *path,
+              struct vimg_nbd_export_info **out, unsigned *n_out, struct vimg_error *err)
+{
+    return vimg_nbd_list_tls(host, port, path, NULL, NULL, out, n_out, err);
+}
+
 #else
+
+int
+vimg_nbd_list_tls(const char *host, const char *port, const char *path, const char *tls_creds,
+                  const char *tls_hostname, struct vimg_nbd_export_info **out,
+                  unsigned *n_out, struct vimg_error *err)
+{
+    (void)tls_creds, (void)tls_hostname;
+    return vimg_nbd_list(host, port, path, out, n_out, err);
+}
 
 int
 vimg_nbd_list(const char *host, const char *port, const char *path,

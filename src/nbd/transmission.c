@@ -5,7 +5,7 @@
  * and execute them and send each whole reply under the connection's send
  * lock. Reads answer with OFFSET_DATA and OFFSET_HOLE chunks when
  * structured replies were negotiated; BLOCK_STATUS answers for
- * base:allocation and qemu:allocation-depth.
+ * base:allocation, qemu:allocation-depth and qemu:dirty-bitmap:NAME.
  * A connection holds at most NBD_MAX_INFLIGHT requests and
  * NBD_MAX_INFLIGHT_BYTES of buffers; the reader waits beyond that.
  * Leaves out: extended headers (64-bit lengths), NBD_CMD_RESIZE.
@@ -18,6 +18,9 @@
 #include "nbd/internal.h"
 
 #define NBD_MIN_HOLE        4096u   /* zero runs shorter than this are sent as data */
+/* Shorter reads go out as one data chunk without asking block status: clients that care
+ * about holes ask BLOCK_STATUS, and small random reads are where the lookup costs most. */
+#define NBD_MIN_SPARSE_READ (64u << 10)
 #define NBD_MAX_EXTENTS     1024u   /* block status descriptors per context and reply */
 
 struct nbd_job {
@@ -77,7 +80,8 @@ nbd_check_request(const struct nbd_conn *conn, const struct nbd_request *req, co
     }
     if (req->type == NBD_CMD_FLUSH)
         return 0;
-    if (req->type == NBD_CMD_BLOCK_STATUS && !conn->has_allocation && !conn->has_depth) {
+    if (req->type == NBD_CMD_BLOCK_STATUS && !conn->has_allocation && !conn->has_depth &&
+        !conn->has_bitmap) {
         *why = "no metadata context was negotiated";
         return EINVAL;
     }
@@ -139,7 +143,8 @@ nbd_read_plan(struct nbd_conn *conn, const struct nbd_request *req, struct nbd_r
 {
     struct vimg_nbd_server *server = conn->server;
     uint64_t pos = 0;
-    bool can_hole = conn->has_structured && !(req->flags & NBD_CMD_FLAG_DF);
+    bool can_hole = conn->has_structured && !(req->flags & NBD_CMD_FLAG_DF) &&
+                    req->length >= NBD_MIN_SPARSE_READ;
 
     while (pos < req->length) {
         struct vimg_block_status bs;
@@ -210,7 +215,7 @@ nbd_send_read_chunks(struct nbd_conn *conn, const struct nbd_request *req,
         iov[n++] = (struct iovec){ .iov_base = none_hdr, .iov_len = sizeof(none_hdr) };
     }
     pthread_mutex_lock(&conn->send_lock);
-    ret = nbd_send_iov(conn->fd, iov, n, err);
+    ret = nbd_send_iov(conn, iov, n, err);
     pthread_mutex_unlock(&conn->send_lock);
     free(iov);
     return ret;
@@ -261,45 +266,92 @@ nbd_depth_value(const struct vimg_block_status *bs)
     return bs->flags & VIMG_BS_ALLOCATED ? (uint32_t)bs->depth + 1 : 0;
 }
 
+enum nbd_context_kind {
+    NBD_KIND_ALLOCATION,
+    NBD_KIND_DEPTH,
+    NBD_KIND_BITMAP,
+    NBD_N_KINDS,
+};
+
+static const uint32_t nbd_context_ids[NBD_N_KINDS] = {
+    NBD_CONTEXT_ID_ALLOCATION, NBD_CONTEXT_ID_DEPTH, NBD_CONTEXT_ID_BITMAP,
+};
+
+/* qemu:dirty-bitmap: the run of equal bits at image offset pos, up to max bytes. */
+static void
+nbd_bitmap_status(struct vimg_nbd_server *server, uint64_t pos, uint64_t max,
+                  uint64_t *bytes, uint32_t *flags)
+{
+    uint64_t gran = server->bitmap_granularity, i = pos / gran, end = pos + max;
+    uint64_t at = (i + 1) * gran;
+    bool is_dirty;
+
+    pthread_mutex_lock(&server->bitmap_lock);
+    is_dirty = i < server->bitmap_n_bits && (server->bitmap_bits[i / 8] >> (i % 8) & 1);
+    for (i++; at < end && i < server->bitmap_n_bits; i++, at += gran)
+        if ((bool)(server->bitmap_bits[i / 8] >> (i % 8) & 1) != is_dirty)
+            break;
+    pthread_mutex_unlock(&server->bitmap_lock);
+    *bytes = (at < end ? at : end) - pos;
+    *flags = is_dirty ? 1 : 0;
+}
+
+/* One run of the context at request offset pos; returns 0 or -errno. */
+static int
+nbd_context_status(struct nbd_conn *conn, const struct nbd_request *req,
+                   enum nbd_context_kind kind, uint64_t pos, uint64_t *bytes, uint32_t *flags,
+                   struct vimg_error *err)
+{
+    struct vimg_nbd_server *server = conn->server;
+    uint64_t at = server->exp.offset + req->offset + pos;
+    struct vimg_block_status bs;
+    int ret;
+
+    if (kind == NBD_KIND_BITMAP) {
+        nbd_bitmap_status(server, at, req->length - pos, bytes, flags);
+        return 0;
+    }
+    ret = vimg_node_block_status_above(server->exp.node, NULL, at, req->length - pos, &bs, err);
+    if (ret < 0)
+        return ret;
+    *bytes = bs.bytes < req->length - pos ? bs.bytes : req->length - pos;
+    *flags = kind == NBD_KIND_DEPTH ? nbd_depth_value(&bs) : nbd_allocation_flags(&bs);
+    return 0;
+}
+
 /*
  * Fills the descriptors of one context into payload (after its 4-byte id);
  * returns how many, or -errno.
  */
 static int
-nbd_extents(struct nbd_conn *conn, const struct nbd_request *req, bool is_depth,
+nbd_extents(struct nbd_conn *conn, const struct nbd_request *req, enum nbd_context_kind kind,
             uint8_t *payload, struct vimg_error *err)
 {
-    const struct vimg_nbd_server *server = conn->server;
     unsigned max = req->flags & NBD_CMD_FLAG_REQ_ONE ? 1 : NBD_MAX_EXTENTS;
-    uint64_t pos = 0;
-    uint32_t last = 0;
+    uint64_t pos = 0, bytes;
+    uint32_t last = 0, flags;
     unsigned n = 0;
     int ret;
 
     while (pos < req->length) {
-        struct vimg_block_status bs;
-        uint32_t flags;
         uint8_t *d;
-        ret = vimg_node_block_status_above(server->exp.node, NULL,
-                                           server->exp.offset + req->offset + pos,
-                                           req->length - pos, &bs, err);
-        if (ret < 0)
+        if ((ret = nbd_context_status(conn, req, kind, pos, &bytes, &flags, err)) < 0)
             return ret;
-        if (bs.bytes > req->length - pos)
-            bs.bytes = req->length - pos;
-        flags = is_depth ? nbd_depth_value(&bs) : nbd_allocation_flags(&bs);
+        if (bytes == 0)
+            return vimg_error_set(err, EIO, "block status made no progress at 0x%llx",
+                                  (unsigned long long)(req->offset + pos));
         if (n > 0 && flags == last) {
             d = payload + 4 + 8 * (n - 1);
-            nbd_put_be32(d, nbd_get_be32(d) + (uint32_t)bs.bytes);
+            nbd_put_be32(d, nbd_get_be32(d) + (uint32_t)bytes);
         } else {
             if (n == max)
                 break;
             d = payload + 4 + 8 * n++;
-            nbd_put_be32(d, (uint32_t)bs.bytes);
+            nbd_put_be32(d, (uint32_t)bytes);
             nbd_put_be32(d + 4, flags);
             last = flags;
         }
-        pos += bs.bytes;
+        pos += bytes;
     }
     return (int)n;
 }
@@ -309,22 +361,22 @@ nbd_do_block_status(struct nbd_conn *conn, const struct nbd_request *req,
                     struct vimg_error *err)
 {
     size_t size = 4 + 8 * NBD_MAX_EXTENTS;
-    uint8_t *payload[2] = { malloc(size), malloc(size) };
-    uint8_t hdr[2][NBD_CHUNK_HEADER_SIZE];
-    struct iovec iov[4];
+    uint8_t *payload[NBD_N_KINDS] = { NULL };
+    uint8_t hdr[NBD_N_KINDS][NBD_CHUNK_HEADER_SIZE];
+    struct iovec iov[2 * NBD_N_KINDS];
     struct vimg_error io_err = { 0 };
     int n_iov = 0, ret = 0;
-    bool want[2] = { conn->has_allocation, conn->has_depth };
+    bool want[NBD_N_KINDS] = { conn->has_allocation, conn->has_depth, conn->has_bitmap };
 
-    if (!payload[0] || !payload[1]) {
-        ret = nbd_reply_status(conn, req, ENOMEM, "Out of memory", err);
-        goto out;
-    }
-    for (int c = 0; c < 2; c++) {
+    for (int c = 0; c < NBD_N_KINDS; c++) {
         int n;
         if (!want[c])
             continue;
-        n = req->length ? nbd_extents(conn, req, c == 1, payload[c], &io_err) : 0;
+        if (!(payload[c] = malloc(size))) {
+            ret = nbd_reply_status(conn, req, ENOMEM, "Out of memory", err);
+            goto out;
+        }
+        n = req->length ? nbd_extents(conn, req, c, payload[c], &io_err) : 0;
         if (n < 0) {
             ret = nbd_reply_status(conn, req, -n, io_err.msg, err);
             goto out;
@@ -334,7 +386,7 @@ nbd_do_block_status(struct nbd_conn *conn, const struct nbd_request *req,
             ret = nbd_reply_status(conn, req, EINVAL, "zero-length block status", err);
             goto out;
         }
-        nbd_put_be32(payload[c], c == 1 ? NBD_CONTEXT_ID_DEPTH : NBD_CONTEXT_ID_ALLOCATION);
+        nbd_put_be32(payload[c], nbd_context_ids[c]);
         nbd_encode_chunk_header(hdr[c], 0, NBD_REPLY_TYPE_BLOCK_STATUS, req->cookie,
                                 (uint32_t)(4 + 8 * n));
         iov[n_iov++] = (struct iovec){ .iov_base = hdr[c], .iov_len = sizeof(hdr[c]) };
@@ -343,11 +395,11 @@ nbd_do_block_status(struct nbd_conn *conn, const struct nbd_request *req,
     /* The last chunk ends the reply. */
     nbd_put_be16((uint8_t *)iov[n_iov - 2].iov_base + 4, NBD_REPLY_FLAG_DONE);
     pthread_mutex_lock(&conn->send_lock);
-    ret = nbd_send_iov(conn->fd, iov, n_iov, err);
+    ret = nbd_send_iov(conn, iov, n_iov, err);
     pthread_mutex_unlock(&conn->send_lock);
 out:
-    free(payload[0]);
-    free(payload[1]);
+    for (int c = 0; c < NBD_N_KINDS; c++)
+        free(payload[c]);
     return ret;
 }
 
@@ -472,6 +524,8 @@ nbd_run_job(void *arg)
         ret = nbd_do_block_status(conn, req, &err);
     } else {
         ret = nbd_exec(conn, job, &io_err);
+        if (ret == 0 && req->type != NBD_CMD_FLUSH && req->type != NBD_CMD_CACHE)
+            nbd_bitmap_mark(conn->server, conn->server->exp.offset + req->offset, req->length);
         ret = nbd_reply_status(conn, req, ret < 0 ? -ret : 0, io_err.msg, &err);
     }
     if (ret < 0)
@@ -499,7 +553,7 @@ nbd_read_request(struct nbd_conn *conn, struct nbd_job *job, struct vimg_error *
 {
     uint8_t buf[NBD_REQUEST_SIZE];
     uint32_t magic;
-    int ret = nbd_recv_full(conn->fd, buf, sizeof(buf), true, err);
+    int ret = nbd_recv_full(conn, buf, sizeof(buf), true, err);
 
     if (ret == -ECONNRESET && strcmp(err->msg, "Client closed the connection") == 0)
         return 0;
@@ -511,13 +565,17 @@ nbd_read_request(struct nbd_conn *conn, struct nbd_job *job, struct vimg_error *
     if (job->req.type == NBD_CMD_DISC)
         return 0;
     if (job->req.type == NBD_CMD_WRITE) {
-        /* The payload cannot be skipped safely past the limit: end the session instead. */
-        if (job->req.length > NBD_MAX_BLOCK)
+        /* The payload cannot be skipped safely past the limit: answer EINVAL, as qemu-nbd
+         * does, then end the session instead of reading the payload as requests. */
+        if (job->req.length > NBD_MAX_BLOCK) {
+            nbd_reply_status(conn, &job->req, EINVAL, "request is larger than the maximum "
+                             "block size", NULL);
             return vimg_error_set(err, EPROTO, "write of %u bytes is over the maximum block "
                                   "size (%u)", job->req.length, NBD_MAX_BLOCK);
+        }
         if (!(job->payload = malloc(job->req.length ? job->req.length : 1)))
             return vimg_error_set(err, ENOMEM, "Out of memory");
-        if ((ret = nbd_recv_full(conn->fd, job->payload, job->req.length, false, err)) < 0)
+        if ((ret = nbd_recv_full(conn, job->payload, job->req.length, false, err)) < 0)
             return ret;
     }
     if (job->req.type == NBD_CMD_WRITE ||
@@ -531,6 +589,8 @@ nbd_transmission(struct nbd_conn *conn, struct vimg_error *err)
 {
     int ret;
 
+    /* Unbuffered without memory: slower, not wrong. */
+    conn->rbuf = malloc(NBD_RBUF_SIZE);
     for (;;) {
         struct nbd_job *job = calloc(1, sizeof(*job));
         if (!job) {
@@ -555,5 +615,7 @@ nbd_transmission(struct nbd_conn *conn, struct vimg_error *err)
     if (conn->is_broken && ret < 0)
         ret = 0;    /* the job that broke the connection already said why */
     pthread_mutex_unlock(&conn->lock);
+    free(conn->rbuf);
+    conn->rbuf = NULL;
     return ret;
 }

@@ -2,6 +2,9 @@
  * NBD framing: big-endian fields, whole-message socket I/O, option replies,
  * simple replies and structured reply chunks (doc/proto.md "Fixed newstyle
  * negotiation", "Simple reply message", "Structured reply chunk message").
+ * Bytes go through the connection's TLS session once STARTTLS is done, and
+ * in transmission through a receive buffer, so that a burst of requests
+ * costs one recv.
  */
 #include <errno.h>
 #include <limits.h>
@@ -52,14 +55,47 @@ nbd_get_be64(const uint8_t *p)
     return ((uint64_t)nbd_get_be32(p) << 32) | nbd_get_be32(p + 4);
 }
 
+static ssize_t
+nbd_recv_some(struct nbd_conn *conn, void *buf, size_t len)
+{
+    ssize_t n;
+
+    if (conn->tls) {
+        n = nbd_tls_recv(conn, buf, len);
+        if (n < 0)
+            errno = (int)-n;
+        return n < 0 ? -1 : n;
+    }
+    return recv(conn->fd, buf, len, 0);
+}
+
 int
-nbd_recv_full(int fd, void *buf, size_t len, bool is_eof_ok, struct vimg_error *err)
+nbd_recv_full(struct nbd_conn *conn, void *buf, size_t len, bool is_eof_ok,
+              struct vimg_error *err)
 {
     uint8_t *p = buf;
     size_t done = 0;
 
     while (done < len) {
-        ssize_t n = recv(fd, p + done, len - done, 0);
+        ssize_t n;
+        if (conn->rbuf && conn->rbuf_start < conn->rbuf_end) {
+            size_t k = conn->rbuf_end - conn->rbuf_start;
+            k = k < len - done ? k : len - done;
+            memcpy(p + done, conn->rbuf + conn->rbuf_start, k);
+            conn->rbuf_start += k;
+            done += k;
+            continue;
+        }
+        if (conn->rbuf && len - done < NBD_RBUF_SIZE) {
+            /* Small reads refill the buffer: a client's burst of requests costs one recv. */
+            n = nbd_recv_some(conn, conn->rbuf, NBD_RBUF_SIZE);
+            conn->rbuf_start = 0;
+            conn->rbuf_end = n > 0 ? (size_t)n : 0;
+            if (n > 0)
+                continue;
+        } else {
+            n = nbd_recv_some(conn, p + done, len - done);
+        }
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
@@ -77,12 +113,27 @@ nbd_recv_full(int fd, void *buf, size_t len, bool is_eof_ok, struct vimg_error *
     return 0;
 }
 
+static ssize_t
+nbd_send_some(struct nbd_conn *conn, const struct iovec *iov, int n_iov)
+{
+    struct msghdr msg = { .msg_iov = (struct iovec *)iov,
+                          .msg_iovlen = n_iov < IOV_MAX ? n_iov : IOV_MAX };
+    ssize_t n;
+
+    if (conn->tls) {
+        n = nbd_tls_send(conn, iov->iov_base, iov->iov_len);
+        if (n < 0)
+            errno = (int)-n;
+        return n < 0 ? -1 : n;
+    }
+    return sendmsg(conn->fd, &msg, MSG_NOSIGNAL);
+}
+
 int
-nbd_send_iov(int fd, struct iovec *iov, int n_iov, struct vimg_error *err)
+nbd_send_iov(struct nbd_conn *conn, struct iovec *iov, int n_iov, struct vimg_error *err)
 {
     while (n_iov > 0) {
-        struct msghdr msg = { .msg_iov = iov, .msg_iovlen = n_iov < IOV_MAX ? n_iov : IOV_MAX };
-        ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        ssize_t n = nbd_send_some(conn, iov, n_iov);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
@@ -108,11 +159,11 @@ nbd_send_iov(int fd, struct iovec *iov, int n_iov, struct vimg_error *err)
 }
 
 int
-nbd_send_full(int fd, const void *buf, size_t len, struct vimg_error *err)
+nbd_send_full(struct nbd_conn *conn, const void *buf, size_t len, struct vimg_error *err)
 {
     struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
 
-    return nbd_send_iov(fd, &iov, 1, err);
+    return nbd_send_iov(conn, &iov, 1, err);
 }
 
 void
@@ -140,7 +191,7 @@ nbd_send_option_reply(struct nbd_conn *conn, uint32_t opt, uint32_t type, const 
     nbd_put_be32(hdr + 8, opt);
     nbd_put_be32(hdr + 12, type);
     nbd_put_be32(hdr + 16, len);
-    return nbd_send_iov(conn->fd, iov, len ? 2 : 1, err);
+    return nbd_send_iov(conn, iov, len ? 2 : 1, err);
 }
 
 int
@@ -175,7 +226,7 @@ nbd_send_simple_reply(struct nbd_conn *conn, uint64_t cookie, uint32_t error, co
     nbd_put_be32(hdr, NBD_SIMPLE_REPLY_MAGIC);
     nbd_put_be32(hdr + 4, error);
     nbd_put_be64(hdr + 8, cookie);
-    return nbd_send_iov(conn->fd, iov, len ? 2 : 1, err);
+    return nbd_send_iov(conn, iov, len ? 2 : 1, err);
 }
 
 void
@@ -206,7 +257,7 @@ nbd_send_error_chunk(struct nbd_conn *conn, uint64_t cookie, uint32_t error, con
     nbd_put_be16(hdr + NBD_CHUNK_HEADER_SIZE + 4, (uint16_t)msg_len);
     iov[0] = (struct iovec){ .iov_base = hdr, .iov_len = sizeof(hdr) };
     iov[1] = (struct iovec){ .iov_base = (void *)msg, .iov_len = msg_len };
-    return nbd_send_iov(conn->fd, iov, msg_len ? 2 : 1, err);
+    return nbd_send_iov(conn, iov, msg_len ? 2 : 1, err);
 }
 
 /* The spec allows only a few errno values on the wire; everything else is EIO. */

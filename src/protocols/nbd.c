@@ -6,7 +6,9 @@
  *   nbd+unix:///[EXPORT]?socket=PATH
  *   nbd:HOST:PORT[:exportname=EXPORT]   nbd:unix:PATH[:exportname=EXPORT]
  * and the --image-opts keys server.type, server.host, server.port,
- * server.path, export (or the older host, port, path).
+ * server.path, export (or the older host, port, path), tls-creds (the id
+ * of a tls-creds-x509 or tls-creds-psk object with endpoint=client; libnbd
+ * does the TLS) and tls-hostname.
  *
  * libnbd serialises the blocking calls made on one handle, so parallel
  * callers take a handle each from a small pool: one connection, or up to
@@ -15,7 +17,7 @@
  * The driver's callbacks are named nbd_client_<op>, not nbd_<op>: libnbd's
  * API already owns nbd_flush, nbd_close and their like.
  *
- * Leaves out: TLS (tls-creds is refused by name), reconnection
+ * Leaves out: reconnection
  * (reconnect-delay and open-timeout are accepted and ignored), dirty bitmaps
  * (x-dirty-bitmap).
  */
@@ -29,6 +31,8 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+#include <vimg/object.h>
 
 #include "core/driver.h"
 
@@ -46,6 +50,8 @@ struct nbd_addr {
     char *port;                 /* inet, as text for getaddrinfo */
     char *path;                 /* unix */
     char *export_name;
+    bool has_tls;
+    struct vimg_tls_creds tls;  /* when has_tls */
 };
 
 struct nbd_state {
@@ -68,6 +74,7 @@ nbd_addr_free(struct nbd_addr *a)
 {
     free(a->host);
     free(a->port);
+    vimg_tls_creds_release(&a->tls);
     free(a->path);
     free(a->export_name);
     memset(a, 0, sizeof(*a));
@@ -357,6 +364,26 @@ nbd_debug_capture(void *user_data, const char *context, const char *msg)
     return 0;
 }
 
+/* Asks libnbd for TLS with the client credentials; libnbd returns -1 with its error set. */
+static int
+nbd_setup_tls(struct nbd_handle *h, const struct nbd_addr *a)
+{
+    const struct vimg_tls_creds *c = &a->tls;
+    char path[4096];
+
+    if (!a->has_tls)
+        return 0;
+    if (nbd_set_tls(h, LIBNBD_TLS_REQUIRE) < 0)
+        return -1;
+    if (c->type == VIMG_TLS_CREDS_PSK) {
+        snprintf(path, sizeof(path), "%s/keys.psk", c->dir);
+        return nbd_set_tls_psk_file(h, path) < 0 ||
+               nbd_set_tls_username(h, c->username ? c->username : "qemu") < 0 ? -1 : 0;
+    }
+    return nbd_set_tls_certificates(h, c->dir) < 0 ||
+           nbd_set_tls_verify_peer(h, c->verify_peer) < 0 ? -1 : 0;
+}
+
 static int
 nbd_go(struct nbd_handle *h, const struct nbd_addr *a, struct vimg_error *err)
 {
@@ -372,7 +399,7 @@ nbd_go(struct nbd_handle *h, const struct nbd_addr *a, struct vimg_error *err)
         nbd_set_pread_initialize(h, false) < 0 ||
         nbd_add_meta_context(h, NBD_CONTEXT_ALLOC) < 0 ||
         nbd_set_debug_callback(h, cb) < 0 || nbd_set_debug(h, true) < 0 ||
-        nbd_connect_socket(h, fd) < 0) {
+        nbd_setup_tls(h, a) < 0 || nbd_connect_socket(h, fd) < 0) {
         int e = nbd_get_errno() ? nbd_get_errno() : EIO;
         return vimg_error_set(err, e, "%s", nbd_get_error());
     }
@@ -384,6 +411,11 @@ nbd_go(struct nbd_handle *h, const struct nbd_addr *a, struct vimg_error *err)
                                  server_msg);
         else if (e == ENOENT)
             ret = vimg_error_set(err, e, "Requested export not available");
+        else if (e == ENOTSUP && !a->has_tls)
+            /* libnbd falls back to EXPORT_NAME when GO is unknown: this is TLS_REQD. */
+            ret = vimg_error_set(err, e, "TLS negotiation required before option 7 (go)\n"
+                                 "Did you forget a valid tls-creds?%s%s",
+                                 server_msg[0] ? "\nserver reported: " : "", server_msg);
         else
             ret = vimg_error_set(err, e, "%s", nbd_get_error());
         /* Leave politely, so that the server does not log a broken negotiation. */
@@ -524,6 +556,9 @@ nbd_read_opts(struct vimg_opts *opts, struct nbd_addr *a, struct vimg_error *err
     uint64_t n;
     int ret;
 
+    /* tls-hostname: libnbd 1.14 checks a certificate against no name on a socket it is
+     * handed, so the override has nothing to override. */
+    vimg_opts_get(opts, "tls-hostname");
     if ((ret = vimg_opts_get_number(opts, "reconnect-delay", 0, &n, err)) < 0 ||
         (ret = vimg_opts_get_number(opts, "open-timeout", 0, &n, err)) < 0)
         return ret;
@@ -541,9 +576,13 @@ nbd_read_opts(struct vimg_opts *opts, struct nbd_addr *a, struct vimg_error *err
     }
     if (!a->export_name)
         return vimg_error_set(err, ENOMEM, "Out of memory");
-    if (tls)
-        return vimg_error_set(err, ENOTSUP, "tls-creds=%s: TLS is not supported by vimg's nbd "
-                              "driver yet", tls);
+    if (!tls)
+        return 0;
+    if ((ret = vimg_tls_creds_lookup(tls, &a->tls, err)) < 0)
+        return ret;
+    a->has_tls = true;
+    if (a->tls.is_server)
+        return vimg_error_set(err, EINVAL, "Expecting TLS credentials with a client endpoint");
     return 0;
 }
 

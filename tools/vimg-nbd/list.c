@@ -37,13 +37,14 @@ print_export(const struct vimg_nbd_export_info *e)
 }
 
 int
-nbd_tool_list(const char *host, const char *port, const char *path)
+nbd_tool_list(const char *host, const char *port, const char *path, const char *tls_creds,
+              const char *tls_hostname)
 {
     struct vimg_nbd_export_info *list;
     struct vimg_error err = { 0 };
     unsigned n;
 
-    if (vimg_nbd_list(host, port, path, &list, &n, &err) < 0) {
+    if (vimg_nbd_list_tls(host, port, path, tls_creds, tls_hostname, &list, &n, &err) < 0) {
         tool_error("%s", err.msg);
         return 1;
     }

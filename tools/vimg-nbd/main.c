@@ -2,8 +2,8 @@
  * vimg-nbd: serves an image over NBD as qemu-nbd does (same options, messages
  * and exit codes), or lists a server's exports (-L). One thread per client
  * connection; the library runs the requests on its pool.
- * Not yet: TLS, -s, -l, -B, -T, --selinux-label; each fails with a message
- * naming it. -c/-d (kernel NBD device) are in connect.c, --fuse in fuse.c.
+ * -c/-d (kernel client) in connect.c. Not yet: -T, --selinux-label;
+ * each fails with a message naming it. --fuse exports through FUSE (fuse.c).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -20,6 +20,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <vimg/image.h>
 #include <vimg/nbd.h>
 #include <vimg/node.h>
 #include <vimg/object.h>
@@ -33,17 +34,19 @@
 enum {
     OPT_CACHE = 256, OPT_AIO, OPT_DISCARD, OPT_DETECT_ZEROES, OPT_OBJECT, OPT_TLS_CREDS,
     OPT_TLS_AUTHZ, OPT_IMAGE_OPTS, OPT_FORK, OPT_PID_FILE, OPT_SELINUX, OPT_HANDSHAKE_LIMIT,
-    OPT_FUSE,
+    OPT_FUSE, OPT_TLS_HOSTNAME,
 };
 
 struct nbd_tool_opts {
-    const char *port, *bind, *socket_path, *filename, *format, *pid_file;
+    const char *port, *bind, *socket_path, *filename, *format, *pid_file, *tls_hostname;
     const char *fuse_mount;         /* --fuse: export through FUSE instead of NBD */
     const char *device;             /* -c: serve a kernel NBD device */
     bool is_disconnect;             /* -d: the file name is a device to disconnect */
     unsigned open_flags;
     unsigned shared;
     bool is_persistent, do_fork, is_verbose, is_list, is_image_opts;
+    bool is_snapshot;               /* -s: writes go to a temporary qcow2 overlay */
+    const char *load_snapshot;      /* -l: serve this internal snapshot, read-only */
     struct vimg_nbd_export exp;
 };
 
@@ -92,6 +95,7 @@ usage(void)
 "Exposing part of the image:\n"
 "  -o, --offset=OFFSET       offset into the image\n"
 "  -A, --allocation-depth    expose the allocation depth\n"
+"  -B, --bitmap=NAME         expose a persistent dirty bitmap\n"
 "\n"
 "Kernel NBD client support:\n"
 "  -c, --connect=DEV         connect FILE to the local NBD device DEV\n"
@@ -107,6 +111,14 @@ usage(void)
 "\n"
 "Block device options:\n"
 "  -f, --format=FORMAT       set image format (raw, qcow2, ...)\n"
+"  -s, --snapshot            use FILE as an external snapshot, create a temporary\n"
+"                            file with backing_file=FILE, redirect the write to\n"
+"                            the temporary one\n"
+"  -l, --load-snapshot=SNAPSHOT_PARAM\n"
+"                            load an internal snapshot inside FILE and export it\n"
+"                            as an read-only device, SNAPSHOT_PARAM format is\n"
+"                            'snapshot.id=[ID],snapshot.name=[NAME]', or\n"
+"                            '[ID_OR_NAME]'\n"
 "  -r, --read-only           export read-only\n"
 "  -n, --nocache             disable host cache\n"
 "      --cache=MODE          set cache mode used to access the disk image, the\n"
@@ -122,8 +134,13 @@ usage(void)
 "                            regular file it covers) through FUSE instead of NBD;\n"
 "                            stop with fusermount3 -u FILE or SIGTERM\n"
 "\n"
-"Not yet supported: --tls-creds, --tls-authz,\n"
-"-s/--snapshot, -l/--load-snapshot, -B/--bitmap, -T/--trace, --selinux-label\n");
+"TLS:\n"
+"  --tls-creds=ID            use id of an earlier --object to provide TLS\n"
+"  --tls-hostname=HOSTNAME   override hostname used to check x509 certificate\n"
+"  --tls-authz=ID            use id of an earlier --object to provide\n"
+"                            authorization\n"
+"\n"
+"Not yet supported: -T/--trace, --selinux-label\n");
 }
 
 static void
@@ -291,15 +308,10 @@ static int
 parse_unsupported(int c)
 {
     switch (c) {
-    case OPT_TLS_CREDS: return unsupported_option("--tls-creds");
-    case OPT_TLS_AUTHZ: return unsupported_option("--tls-authz");
     case OPT_SELINUX: return unsupported_option("--selinux-label");
 #ifndef VIMG_HAVE_FUSE
     case OPT_FUSE: return unsupported_option("--fuse (built without fuse3)");
 #endif
-    case 's': return unsupported_option("-s/--snapshot");
-    case 'l': return unsupported_option("-l/--load-snapshot");
-    case 'B': return unsupported_option("-B/--bitmap");
     case 'T': return unsupported_option("-T/--trace");
     default: return -1;
     }
@@ -338,6 +350,7 @@ parse_args(int argc, char **argv, struct nbd_tool_opts *o)
         { "description", required_argument, NULL, 'D' },
         { "tls-creds", required_argument, NULL, OPT_TLS_CREDS },
         { "tls-authz", required_argument, NULL, OPT_TLS_AUTHZ },
+        { "tls-hostname", required_argument, NULL, OPT_TLS_HOSTNAME },
         { "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
         { "trace", required_argument, NULL, 'T' },
         { "fork", no_argument, NULL, OPT_FORK },
@@ -366,6 +379,9 @@ parse_args(int argc, char **argv, struct nbd_tool_opts *o)
         case 'r': o->exp.is_read_only = true; break;
         case 'A': o->exp.has_allocation_depth = true; break;
         case 'L': o->is_list = true; break;
+        case 's': o->is_snapshot = true; break;
+        case 'l': o->load_snapshot = optarg; o->exp.is_read_only = true; break;
+        case 'B': o->exp.bitmap = optarg; break;
         case 'c': o->device = optarg; break;
         case 'd': o->is_disconnect = true; break;
         case 'n': parse_cache("none", &o->open_flags); break;
@@ -377,6 +393,9 @@ parse_args(int argc, char **argv, struct nbd_tool_opts *o)
         case OPT_IMAGE_OPTS: o->is_image_opts = true; break;
         case OPT_FORK: o->do_fork = true; break;
         case OPT_PID_FILE: o->pid_file = optarg; break;
+        case OPT_TLS_CREDS: o->exp.tls_creds = optarg; break;
+        case OPT_TLS_HOSTNAME: o->tls_hostname = optarg; break;
+        case OPT_TLS_AUTHZ: o->exp.tls_authz = optarg; break;
 #ifdef VIMG_HAVE_FUSE
         case OPT_FUSE: o->fuse_mount = optarg; break;
 #endif
@@ -386,9 +405,39 @@ parse_args(int argc, char **argv, struct nbd_tool_opts *o)
     return -1;
 }
 
+/* qemu-nbd checks the credentials before it opens anything. */
+static bool
+check_tls_creds(const char *id, bool want_server)
+{
+    struct vimg_error err = { 0 };
+    struct vimg_tls_creds creds;
+
+    if (vimg_tls_creds_lookup(id, &creds, &err) < 0) {
+        tool_error("Failed to get TLS creds: %s", err.msg);
+        return false;
+    }
+    vimg_tls_creds_release(&creds);
+    if (creds.is_server != want_server) {
+        tool_error("Failed to get TLS creds: Expected TLS credentials for a %s endpoint",
+                   want_server ? "server" : "client");
+        return false;
+    }
+    return true;
+}
+
 static int
 check_args(int argc, char **argv, struct nbd_tool_opts *o)
 {
+    if (o->exp.tls_authz && !o->exp.tls_creds) {
+        tool_error("--tls-authz is not permitted without --tls-creds");
+        return 1;
+    }
+    if (o->tls_hostname && !o->exp.tls_creds) {
+        tool_error("--tls-hostname is not permitted without --tls-creds");
+        return 1;
+    }
+    if (o->exp.tls_creds && !check_tls_creds(o->exp.tls_creds, !o->is_list))
+        return 1;
     if (o->is_list) {
         if (o->device || o->is_disconnect) {
             tool_error("List mode is incompatible with per-device settings");
@@ -396,6 +445,10 @@ check_args(int argc, char **argv, struct nbd_tool_opts *o)
         }
         if (optind != argc) {
             tool_error("List mode is incompatible with a file name");
+            return 1;
+        }
+        if (o->exp.tls_authz) {
+            tool_error("TLS authorization is incompatible with export list");
             return 1;
         }
         return -1;
@@ -480,6 +533,92 @@ listen_inet(const char *host, const char *port)
     return fd;
 }
 
+/* -l ID_OR_NAME or -l snapshot.id=ID,snapshot.name=NAME, as qemu-nbd takes them. */
+static bool
+load_snapshot(struct vimg_node *node, const char *param)
+{
+    struct vimg_error err = { 0 };
+    char *copy, *tok, *save = NULL;
+    const char *id = NULL, *name = NULL;
+    int ret;
+
+    if (strncmp(param, "snapshot.", 9) != 0) {
+        /* A plain value is an id, else a name. */
+        ret = vimg_snapshot_load_tmp(node, param, NULL, &err);
+        if (ret == -ENOENT) {
+            err = (struct vimg_error){ 0 };
+            ret = vimg_snapshot_load_tmp(node, NULL, param, &err);
+        }
+    } else {
+        if (!(copy = strdup(param)))
+            return false;
+        for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+            char *eq = strchr(tok, '=');
+            if (eq)
+                *eq = '\0';
+            if (eq && strcmp(tok, "snapshot.id") == 0) {
+                id = eq + 1;
+            } else if (eq && strcmp(tok, "snapshot.name") == 0) {
+                name = eq + 1;
+            } else {
+                tool_error("Invalid parameter '%s'", tok);
+                tool_error("Failed in parsing snapshot param `%s'", param);
+                free(copy);
+                return false;
+            }
+        }
+        ret = vimg_snapshot_load_tmp(node, id, name, &err);
+        free(copy);
+    }
+    if (ret < 0)
+        tool_error("Failed to load snapshot: %s", err.msg);
+    return ret == 0;
+}
+
+/*
+ * -s: a temporary qcow2 overlay (in $TMPDIR, else /var/tmp, deleted once
+ * open) over the opened image, which is then closed and reopened as the
+ * overlay's backing file. Returns the overlay, or NULL after saying why.
+ */
+static struct vimg_node *
+open_overlay(struct vimg_node *base, unsigned flags)
+{
+    struct vimg_error err = { 0 };
+    struct vimg_node *top = NULL;
+    struct vimg_opts *opts = vimg_opts_new();
+    const char *dir = getenv("TMPDIR") ? getenv("TMPDIR") : "/var/tmp";
+    char tmp[PATH_MAX], backing[PATH_MAX], size[32];
+    const char *name = vimg_node_filename(base);
+    int64_t len = vimg_node_length(base, &err);
+    int fd;
+
+    if (len < 0 || !opts)
+        goto fail;
+    /* The overlay lives elsewhere: a relative backing path must become absolute. */
+    if (!realpath(name, backing))
+        snprintf(backing, sizeof(backing), "%s", name);
+    snprintf(size, sizeof(size), "%lld", (long long)len);
+    snprintf(tmp, sizeof(tmp), "%s/vl.XXXXXX", dir);
+    if ((fd = mkstemp(tmp)) < 0) {
+        vimg_error_set(&err, errno, "Could not create temporary overlay '%s': %s", tmp,
+                       strerror(errno));
+        goto fail;
+    }
+    close(fd);
+    if (vimg_opts_set(opts, "size", size, &err) < 0 ||
+        vimg_opts_set(opts, "backing_file", backing, &err) < 0 ||
+        vimg_opts_set(opts, "backing_fmt", vimg_node_format(base), &err) < 0 ||
+        vimg_create(tmp, "qcow2", opts, &err) < 0 ||
+        vimg_open(&top, tmp, "qcow2", NULL, flags | VIMG_OPEN_RDWR, &err) < 0)
+        top = NULL;
+    unlink(tmp);
+fail:
+    vimg_opts_free(opts);
+    if (!top)
+        tool_error("Failed to create the temporary snapshot: %s", err.msg);
+    return top;
+}
+
 static struct vimg_node *
 open_image(const struct nbd_tool_opts *o)
 {
@@ -489,7 +628,7 @@ open_image(const struct nbd_tool_opts *o)
     unsigned flags = o->open_flags | VIMG_OPEN_NO_SHARE_RESIZE;
     int ret;
 
-    if (!o->exp.is_read_only)
+    if (!o->exp.is_read_only && !o->is_snapshot)
         flags |= VIMG_OPEN_RDWR;
     if (o->is_image_opts) {
         opts = vimg_opts_new();
@@ -507,6 +646,23 @@ open_image(const struct nbd_tool_opts *o)
         tool_error("Failed to blk_new_open '%s': %s", o->filename, err.msg);
         return NULL;
     }
+    /* qemu-nbd puts the overlay on first, so -l then looks for the snapshot in it. */
+    if (o->is_snapshot) {
+        struct vimg_node *top = open_overlay(node, o->open_flags);
+        vimg_close(node);
+        if (!(node = top))
+            return NULL;
+    }
+    if (o->load_snapshot && o->is_snapshot) {
+        /* The fresh overlay holds no snapshot, and it is where qemu-nbd looks. */
+        tool_error("Failed to load snapshot: Can't find snapshot");
+        vimg_close(node);
+        return NULL;
+    }
+    if (o->load_snapshot && !load_snapshot(node, o->load_snapshot)) {
+        vimg_close(node);
+        return NULL;
+    }
     return node;
 }
 
@@ -522,7 +678,9 @@ client_thread(void *arg)
     struct nbd_client *client = arg;
     struct vimg_error err = { 0 };
 
-    if (vimg_nbd_server_serve(nbd_tool.server, client->fd, &err) < 0 && nbd_tool.is_verbose)
+    /* qemu-nbd reports failed negotiations (TLS, --tls-authz) also without -v. */
+    if (vimg_nbd_server_serve(nbd_tool.server, client->fd, &err) < 0 &&
+        (nbd_tool.is_verbose || strncmp(err.msg, "option negotiation failed: ", 27) == 0))
         log_message(err.msg);
     pthread_mutex_lock(&nbd_tool.lock);
     client->is_done = true;
@@ -828,8 +986,9 @@ main(int argc, char **argv)
     if ((ret = parse_args(argc, argv, &o)) >= 0 || (ret = check_args(argc, argv, &o)) >= 0)
         return ret;
     if (o.is_list)
-        return nbd_tool_list(o.socket_path ? NULL : (o.bind ? o.bind : "localhost"),
-                             o.port ? o.port : "10809", o.socket_path);
+        return nbd_tool_list(o.socket_path ? NULL : (o.bind ? o.bind : "0.0.0.0"),
+                             o.port ? o.port : "10809", o.socket_path, o.exp.tls_creds,
+                             o.tls_hostname);
     if (o.is_disconnect)
         ret = nbd_tool_disconnect(o.filename);
     else if (o.device)

@@ -8,8 +8,10 @@
 
 struct vimg_node;
 
-/* vimg-nbd -L: prints the exports of the server at path, or host:port; returns the exit code. */
-int nbd_tool_list(const char *host, const char *port, const char *path);
+/* vimg-nbd -L: prints the exports of the server at path, or host:port (over TLS with the
+ * client credentials tls_creds, or NULL); returns the exit code. */
+int nbd_tool_list(const char *host, const char *port, const char *path, const char *tls_creds,
+                  const char *tls_hostname);
 
 /*
  * vimg-nbd --fuse: exports node as the regular file mountpoint until it is

@@ -39,11 +39,36 @@ static const char amend_help_qcow2[] =
 "  refcount_bits=<num>    - Width of a reference count entry in bits\n"
 "  size=<size>            - Virtual disk size\n";
 
+static const char amend_help_luks[] =
+"Amend options for 'luks':\n"
+"  iter-time=<num>        - Time to spend in PBKDF in milliseconds\n"
+"  keyslot=<num>          - Select a single keyslot to modify explicitly\n"
+"  new-secret=<str>       - New secret to set in the matching keyslots. Empty string to "
+"erase\n"
+"  old-secret=<str>       - Select all keyslots that match this password\n"
+"  state=<str>            - Select new state of affected keyslots (active/inactive)\n";
+
+static const char *const amend_keys_luks[] = {
+    "iter-time", "keyslot", "new-secret", "old-secret", "state", NULL,
+};
+
 static const char *const amend_keys_qcow2[] = {
     "backing_file", "backing_fmt", "compat", "data_file", "data_file_raw",
     "encrypt.iter-time", "encrypt.keyslot", "encrypt.new-secret", "encrypt.old-secret",
     "encrypt.state", "lazy_refcounts", "refcount_bits", "size", NULL,
 };
+
+static bool
+amend_takes(const char *fmt, const char *key)
+{
+    const char *const *keys = strcmp(fmt, "qcow2") == 0 ? amend_keys_qcow2
+                              : strcmp(fmt, "luks") == 0 ? amend_keys_luks : NULL;
+
+    for (size_t k = 0; keys && keys[k]; k++)
+        if (strcmp(keys[k], key) == 0)
+            return true;
+    return false;
+}
 
 static bool
 append_options(char **all, const char *more)
@@ -119,10 +144,18 @@ parse_amend_options(const struct amend_args *a, const char *fmt)
     }
     for (size_t i = 0; i < vimg_opts_count(opts); i++) {
         const char *key = vimg_opts_key_at(opts, i);
-        struct vimg_opts *probe = vimg_opts_new();
-        bool is_amend = false;
-        for (size_t k = 0; strcmp(fmt, "qcow2") == 0 && amend_keys_qcow2[k]; k++)
-            is_amend |= strcmp(amend_keys_qcow2[k], key) == 0;
+        struct vimg_opts *sub = vimg_opts_dict_at(opts, i), *probe = vimg_opts_new();
+        char full[256] = "";
+        bool is_amend = sub != NULL;
+        /* Dotted keys (encrypt.state) are checked by full name; the first refused is named. */
+        for (size_t j = 0; sub && is_amend && j < vimg_opts_count(sub); j++) {
+            snprintf(full, sizeof(full), "%s.%s", key, vimg_opts_key_at(sub, j));
+            is_amend = amend_takes(fmt, full);
+        }
+        if (sub)
+            key = full;
+        else
+            is_amend = amend_takes(fmt, key);
         /* A creation option takes one of these values, whatever its type. */
         if (!is_amend && probe && vimg_opts_set(probe, key, "0", &err) == 0 &&
             (vimg_create_validate(fmt, NULL, probe, &err) == 0 ||
@@ -153,6 +186,11 @@ run_amend(const struct amend_args *a)
 
     if (a->cache && !img_cache_flags(a->cache, &flags, false))
         return 1;
+    /* As qemu-img, -f luks -o help needs no image (the secret would be needed to open it). */
+    if (a->fmt && strcmp(a->fmt, "luks") == 0 && strcmp(a->options, "help") == 0) {
+        fputs(amend_help_luks, stdout);
+        return 0;
+    }
     if (!(node = img_open(a->is_image_opts, a->filename, a->fmt, flags, a->is_quiet)))
         return 1;
     fmt = vimg_node_format(node);
@@ -161,7 +199,12 @@ run_amend(const struct amend_args *a)
         ret = 0;
         goto out;
     }
-    if (strcmp(fmt, "qcow2") != 0) {
+    if (strcmp(a->options, "help") == 0 && strcmp(fmt, "luks") == 0) {
+        fputs(amend_help_luks, stdout);
+        ret = 0;
+        goto out;
+    }
+    if (strcmp(fmt, "qcow2") != 0 && strcmp(fmt, "luks") != 0) {
         tool_error("Format driver '%s' does not support option amendment", fmt);
         goto out;
     }

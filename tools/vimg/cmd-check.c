@@ -90,7 +90,7 @@ cmd_check(int argc, char **argv)
     };
     const char *fmt = NULL, *filename;
     bool is_image_opts = false, is_quiet = false;
-    unsigned flags = 0;
+    unsigned flags = VIMG_OPEN_CHECK;   /* qemu-img opens every image it checks so */
     int is_json = 0, fix = 0, c, ret;
     struct vimg_check_result result;
     struct vimg_error err = { 0 };
@@ -155,8 +155,10 @@ cmd_check(int argc, char **argv)
     else if (!is_quiet)
         print_check_human(&result, filename);
     vimg_close(node);
-    if (result.check_errors)
+    if (result.check_errors) {
+        tool_error("Check failed");
         return 1;
+    }
     if (result.corruptions)
         return 2;
     if (result.leaks)

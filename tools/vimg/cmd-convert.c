@@ -6,22 +6,22 @@
  * the top layer only when the target has a backing file) and cuts them into
  * chunks: data of at most 2 MiB, zero runs and backing runs. A pool of
  * workers (-m, at most twice the CPUs) reads the data chunks in parallel and
- * writes them in order (any order with -W). Zero runs inside data become holes when they are at least
- * -S bytes long; zero areas are not written at all when the target reads as
+ * writes them in order (any order with -W). Zero runs inside data become
+ * holes when they are at least -S bytes long; zero areas are not written at all when the target reads as
  * zeros already (a new image with zero-init, or --target-is-zero), and are
  * written with zero writes that may unmap otherwise. -C copies data through
  * vimg_node_copy_range, falling back to reading and writing where the two
  * files cannot share a copy (another filesystem). -c writes cluster-sized
- * compressed chunks.
+ * compressed chunks, a qcow2 target's with several threads per chunk.
  *
  * The -p figures follow qemu-img: the share of "allocated" bytes (data, and
  * zeros with -S 0) written so far, counted by a first pass over the block
  * status, so that the same chunks give the same lines. --salvage turns read
  * and block-status errors into warnings, copying unreadable sectors as zeros.
  *
- * Leaves out: --bitmaps (no format here stores persistent bitmaps), loading
- * an internal snapshot with -l (no format here can load one read-only), so
- * both fail as qemu-img fails for a source format without them.
+ * -l reads the first source's internal snapshot (loaded read-only, as
+ * qemu-img does); --bitmaps copies the persistent bitmaps of the (single)
+ * source into the target after the data.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -52,6 +52,7 @@ enum {
 #define ZERO_CHUNK_BYTES  ((uint64_t)1 << 30)    /* largest zero write */
 #define MAX_SPARSE_BYTES  ((int64_t)16 << 20)    /* largest -S */
 #define MAX_WORKERS       16
+#define COMPRESS_THREADS  4                      /* most threads compressing one chunk */
 #define BUF_ALIGN         4096
 
 struct convert_args {
@@ -60,6 +61,8 @@ struct convert_args {
     const char *base;             /* -B */
     const char *base_fmt;         /* -F */
     const char *snapshot;         /* -l */
+    char *snapshot_id;            /* -l snapshot.id=... */
+    char *snapshot_name;          /* -l snapshot.name=... */
     const char *cache;            /* -t */
     const char *src_cache;        /* -T */
     char *options;                /* every -o, joined with ',' */
@@ -116,11 +119,14 @@ struct convert_src {
 struct convert {
     struct convert_src *srcs;
     int n_srcs;
+    struct vimg_bitmap_info *bitmaps;   /* --bitmaps: the first source's */
+    size_t n_bitmaps;
     struct vimg_node *target;
     uint64_t total;
     uint64_t min_sparse;
     uint64_t alignment;       /* zero runs in data start and end on this boundary */
     uint64_t cluster;         /* compressed chunk size */
+    unsigned n_compress_threads;
     bool has_zero_init;
     bool target_has_backing;
     bool is_compressed;
@@ -242,9 +248,14 @@ parse_snapshot(struct convert_args *a, const char *value)
     o = vimg_opts_new();
     is_ok = o && vimg_opts_parse(o, value, NULL, &err) == 0;
     if (is_ok) {
+        const char *id, *name;
         vimg_opts_get_dict(o, "snapshot");
-        vimg_opts_get(o, "snapshot.id");
-        vimg_opts_get(o, "snapshot.name");
+        id = vimg_opts_get(o, "snapshot.id");
+        name = vimg_opts_get(o, "snapshot.name");
+        free(a->snapshot_id);
+        free(a->snapshot_name);
+        a->snapshot_id = id ? strdup(id) : NULL;
+        a->snapshot_name = name ? strdup(name) : NULL;
         if (vimg_opts_find_unused(o, key, sizeof(key))) {
             tool_error("Invalid parameter '%s'", key);
             is_ok = false;
@@ -417,7 +428,57 @@ open_sources(const struct convert_args *a, unsigned flags, struct convert *c)
     return true;
 }
 
-/* What qemu-img says of -l and --bitmaps for source formats without those features. */
+/* -l: the first source reads the snapshot from now on, as qemu-img loads it. */
+static bool
+load_snapshot(const struct convert_args *a, struct vimg_node *src)
+{
+    struct vimg_error err = { 0 };
+    int ret;
+
+    if (strncmp(a->snapshot, "snapshot.", 9) == 0) {
+        ret = vimg_snapshot_load_tmp(src, a->snapshot_id, a->snapshot_name, &err);
+    } else {
+        /* A plain value is an id, else a name. */
+        ret = vimg_snapshot_load_tmp(src, a->snapshot, NULL, &err);
+        if (ret == -ENOENT) {
+            err = (struct vimg_error){ 0 };
+            ret = vimg_snapshot_load_tmp(src, NULL, a->snapshot, &err);
+        }
+    }
+    if (ret < 0)
+        tool_error("Failed to load snapshot: %s", err.msg);
+    return ret == 0;
+}
+
+/* --bitmaps: the source's bitmaps, which must all be consistent unless broken ones are skipped. */
+static bool
+check_source_bitmaps(const struct convert_args *a, struct convert *c)
+{
+    struct vimg_error err = { 0 };
+
+    if (a->n_srcs > 1) {
+        tool_error("Copying bitmaps only possible with single source");
+        return false;
+    }
+    if (vimg_image_bitmap_list(c->srcs[0].node, &c->bitmaps, &c->n_bitmaps, &err) < 0) {
+        if (err.errnum == ENOTSUP)
+            tool_error("Source lacks bitmap support");
+        else
+            tool_error("%s", err.msg);
+        return false;
+    }
+    for (size_t i = 0; i < c->n_bitmaps && !a->skip_broken_bitmaps; i++) {
+        if (c->bitmaps[i].is_in_use) {
+            tool_error("Cannot copy inconsistent bitmap '%s'", c->bitmaps[i].name);
+            fprintf(stderr, "Try --skip-broken-bitmaps, or use 'vimg bitmap --remove' to "
+                    "delete it\n");
+            return false;
+        }
+    }
+    return true;
+}
+
+/* -l and --bitmaps: qemu-img's checks of the sources, in its order. */
 static bool
 check_source_features(const struct convert_args *a, struct convert *c)
 {
@@ -425,17 +486,9 @@ check_source_features(const struct convert_args *a, struct convert *c)
         tool_error("No support for concatenating multiple snapshot");
         return false;
     }
-    if (a->snapshot) {
-        tool_error("Failed to load snapshot: Block format '%s' used by device '' does not "
-                   "support temporarily loading internal snapshots",
-                   vimg_node_format(c->srcs[0].node));
+    if (a->snapshot && !load_snapshot(a, c->srcs[0].node))
         return false;
-    }
-    if (a->has_bitmaps) {
-        tool_error("Source lacks bitmap support");
-        return false;
-    }
-    return true;
+    return !a->has_bitmaps || check_source_bitmaps(a, c);
 }
 
 /* Whether the format (or the protocol behind filename) takes creation option key. */
@@ -500,6 +553,16 @@ fail:
     return NULL;
 }
 
+/* Whether the creation options ask for encryption (qcow2 stores compressed data plain). */
+static bool
+options_encrypt(struct vimg_opts *opts)
+{
+    bool is_on = false;
+
+    return vimg_opts_peek(opts, "encrypt.format") ||
+           (vimg_opts_get_bool(opts, "encryption", false, &is_on, NULL) == 0 && is_on);
+}
+
 /* Creates the target; notes whether it has a backing file (-B or -o backing_file). */
 static bool
 create_target(const struct convert_args *a, struct convert *c)
@@ -519,6 +582,8 @@ create_target(const struct convert_args *a, struct convert *c)
     ret = -1;
     if (a->is_compressed && !vimg_format_can_compress(a->out_fmt))
         tool_error("Compression not supported for this file format");
+    else if (a->is_compressed && options_encrypt(opts))
+        tool_error("Compression and encryption not supported at the same time");
     else if ((ret = vimg_create(a->out_name, a->out_fmt, opts, &err)) < 0)
         tool_error("%s: error while converting %s: %s", a->out_name, a->out_fmt, err.msg);
     vimg_opts_free(opts);
@@ -841,19 +906,70 @@ write_zeroes(struct convert *c, uint64_t offset, uint64_t bytes, struct vimg_err
     return vimg_node_pwrite_zeroes(c->target, offset, bytes, VIMG_REQ_MAY_UNMAP, err);
 }
 
+/* One share of a compressed chunk: the clusters of [pos, end) of it. */
+struct compress_part {
+    struct convert *c;
+    const struct chunk *ch;
+    const uint8_t *buf;
+    uint64_t pos, end;
+    int ret;
+    struct vimg_error err;
+};
+
+static void *
+write_compressed_part(void *arg)
+{
+    struct compress_part *part = arg;
+    struct convert *c = part->c;
+
+    for (uint64_t pos = part->pos; pos < part->end && part->ret == 0; pos += c->cluster) {
+        uint64_t n = part->end - pos < c->cluster ? part->end - pos : c->cluster;
+        part->ret = vimg_buffer_is_zero(part->buf + pos, n)
+                    ? write_zeroes(c, part->ch->offset + pos, n, &part->err)
+                    : vimg_node_pwrite_compressed(c->target, part->ch->offset + pos,
+                                                  part->buf + pos, n, &part->err);
+    }
+    return NULL;
+}
+
+/*
+ * Chunks are written in order, so one chunk's clusters are compressed by
+ * several threads at once (as QEMU's qcow2 compresses a request's clusters
+ * in parallel); each thread takes a contiguous share, so that clusters that
+ * follow each other in the guest still mostly follow each other in the file.
+ */
 static int
 write_compressed(struct convert *c, const struct chunk *ch, const uint8_t *buf,
                  struct vimg_error *err)
 {
-    for (uint64_t pos = 0; pos < ch->bytes; pos += c->cluster) {
-        uint64_t n = ch->bytes - pos < c->cluster ? ch->bytes - pos : c->cluster;
-        int ret = vimg_buffer_is_zero(buf + pos, n)
-                  ? write_zeroes(c, ch->offset + pos, n, err)
-                  : vimg_node_pwrite_compressed(c->target, ch->offset + pos, buf + pos, n, err);
-        if (ret < 0)
-            return ret;
+    struct compress_part parts[COMPRESS_THREADS];
+    pthread_t threads[COMPRESS_THREADS];
+    uint64_t n_clusters = (ch->bytes + c->cluster - 1) / c->cluster, per;
+    unsigned n = c->n_compress_threads < n_clusters ? c->n_compress_threads
+                                                    : (unsigned)n_clusters;
+    bool is_started[COMPRESS_THREADS] = { false };
+    int ret = 0;
+
+    n = n ? n : 1;
+    per = (n_clusters + n - 1) / n * c->cluster;
+    for (unsigned i = 0; i < n; i++) {
+        parts[i] = (struct compress_part){ .c = c, .ch = ch, .buf = buf, .pos = i * per };
+        parts[i].end = (i + 1) * per < ch->bytes ? (i + 1) * per : ch->bytes;
+        /* The first share is this thread's; the others get one each, or run here too. */
+        is_started[i] = i > 0 && pthread_create(&threads[i], NULL, write_compressed_part,
+                                                &parts[i]) == 0;
     }
-    return 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (is_started[i])
+            pthread_join(threads[i], NULL);
+        else
+            write_compressed_part(&parts[i]);
+    }
+    for (unsigned i = 0; i < n && ret == 0; i++) {
+        if ((ret = parts[i].ret) < 0)
+            *err = parts[i].err;
+    }
+    return ret;
 }
 
 /* Writes a data buffer, leaving holes for zero runs of -S bytes or more. */
@@ -1122,12 +1238,14 @@ static int
 prepare_copy(const struct convert_args *a, struct convert *c)
 {
     uint64_t sparse_pow2 = SECTOR_SIZE;
+    long n_cpus;
 
     c->min_sparse = (uint64_t)a->min_sparse;
     while (sparse_pow2 * 2 <= c->min_sparse)
         sparse_pow2 *= 2;
     c->alignment = sparse_pow2;
-    c->is_compressed = a->is_compressed;
+    /* As qemu-img: a target that takes only compressed clusters is written so. */
+    c->is_compressed = a->is_compressed || vimg_node_needs_compressed_writes(c->target);
     c->is_copy_range = a->is_copy_range;
     c->is_out_of_order = a->is_out_of_order;
     c->is_salvage = a->is_salvage;
@@ -1136,6 +1254,11 @@ prepare_copy(const struct convert_args *a, struct convert *c)
     c->has_zero_init = a->skip_create ? a->is_target_zero
                                       : vimg_node_has_zero_init(c->target);
     c->cluster = vimg_node_cluster_size(c->target);
+    /* Only qcow2 in QEMU compresses a request's clusters in parallel; others keep its order. */
+    n_cpus = strcmp(vimg_node_format(c->target), "qcow2") == 0
+             ? sysconf(_SC_NPROCESSORS_ONLN) : 1;
+    c->n_compress_threads = n_cpus < 1 ? 1 : n_cpus > COMPRESS_THREADS ? COMPRESS_THREADS
+                                                                       : (unsigned)n_cpus;
     if (c->is_compressed && (c->cluster == 0 || c->cluster > CHUNK_BYTES)) {
         tool_error("invalid cluster size");
         return 1;
@@ -1151,6 +1274,115 @@ prepare_copy(const struct convert_args *a, struct convert *c)
 }
 
 /* Everything after the source cache mode was found valid; progress has started. */
+/* --bitmaps: the target must be able to store them (checked before the copy). */
+static bool
+check_target_bitmaps(struct convert *c)
+{
+    struct vimg_error err = { 0 };
+    struct vimg_bitmap_info *list;
+    size_t n;
+
+    if (vimg_image_bitmap_list(c->target, &list, &n, &err) < 0) {
+        tool_error("%s", err.msg);
+        return false;
+    }
+    vimg_bitmap_list_free(list, n);
+    return true;
+}
+
+/* Creates bitmap bm in the target and fills it from the source's; 0 or the exit code. */
+static int
+copy_bitmap(struct convert *c, const struct vimg_bitmap_info *bm)
+{
+    struct vimg_error err = { 0 };
+    struct vimg_bitmap_op op = { .action = VIMG_BITMAP_ADD, .name = bm->name,
+                                 .granularity = bm->granularity };
+
+    if (vimg_image_bitmap(c->target, &op, &err) < 0 ||
+        (!bm->is_enabled && (op.action = VIMG_BITMAP_DISABLE,
+                             vimg_image_bitmap(c->target, &op, &err) < 0))) {
+        tool_error("Failed to create bitmap %s: %s", bm->name, err.msg);
+        return 1;
+    }
+    op = (struct vimg_bitmap_op){ .action = VIMG_BITMAP_MERGE, .name = bm->name,
+                                  .source = bm->name, .source_node = c->srcs[0].node };
+    if (vimg_image_bitmap(c->target, &op, &err) < 0) {
+        tool_error("Failed to populate bitmap %s: %s", bm->name, err.msg);
+        op = (struct vimg_bitmap_op){ .action = VIMG_BITMAP_REMOVE, .name = bm->name };
+        vimg_image_bitmap(c->target, &op, NULL);
+        return 1;
+    }
+    return 0;
+}
+
+/*
+ * What would stop a bitmap from being copied, found before any is: qemu-img
+ * meets the source's bitmaps last first, and the first failure leaves the
+ * target without any of them. 0 or the exit code.
+ */
+static int
+check_bitmaps_copyable(const struct convert_args *a, struct convert *c)
+{
+    struct vimg_error err = { 0 };
+    struct vimg_bitmap_info *have;
+    int64_t size = vimg_node_length(c->target, &err);
+    size_t n, i = c->n_bitmaps;
+    int ret = 0;
+
+    if (size < 0 || vimg_image_bitmap_list(c->target, &have, &n, &err) < 0) {
+        tool_error("%s", err.msg);
+        return 1;
+    }
+    while (i-- > 0 && ret == 0) {
+        const char *name = c->bitmaps[i].name;
+        if (c->bitmaps[i].is_in_use && a->skip_broken_bitmaps)
+            continue;
+        for (size_t j = 0; j < n && ret == 0; j++)
+            if (strcmp(have[j].name, name) == 0) {
+                tool_error("Failed to create bitmap %s: Bitmap already exists: %s", name, name);
+                ret = 1;
+            }
+        if (ret == 0 && (uint64_t)size != c->srcs[0].size) {
+            tool_error("Failed to populate bitmap %s: Bitmaps are of different sizes "
+                       "(destination size is %" PRId64 ", source size is %" PRIu64 ") and "
+                       "can't be merged", name, size, c->srcs[0].size);
+            ret = 1;
+        }
+    }
+    vimg_bitmap_list_free(have, n);
+    return ret;
+}
+
+/*
+ * --bitmaps, after the copy: each consistent bitmap of the source, with its
+ * name, granularity, state and bits, in the source's order. On failure the
+ * ones copied so far are removed again: qemu-img stores none of them then.
+ */
+static int
+copy_bitmaps(const struct convert_args *a, struct convert *c)
+{
+    size_t i;
+
+    if (check_bitmaps_copyable(a, c) != 0)
+        return 1;
+    for (i = 0; i < c->n_bitmaps; i++) {
+        if (c->bitmaps[i].is_in_use && a->skip_broken_bitmaps) {
+            tool_error("warning: Skipping inconsistent bitmap '%s'", c->bitmaps[i].name);
+            continue;
+        }
+        if (copy_bitmap(c, &c->bitmaps[i]) != 0)
+            break;
+    }
+    if (i == c->n_bitmaps)
+        return 0;
+    while (i-- > 0) {
+        struct vimg_bitmap_op op = { .action = VIMG_BITMAP_REMOVE, .name = c->bitmaps[i].name };
+        if (!c->bitmaps[i].is_in_use)
+            vimg_image_bitmap(c->target, &op, NULL);
+    }
+    return 1;
+}
+
 static int
 convert_images(const struct convert_args *a, unsigned src_flags, struct convert *c)
 {
@@ -1160,11 +1392,13 @@ convert_images(const struct convert_args *a, unsigned src_flags, struct convert 
         return 1;
     if (!a->skip_create && !create_target(a, c))
         return 1;
-    if (!open_target(a, c))
+    if (!open_target(a, c) || (a->has_bitmaps && !check_target_bitmaps(c)))
         return 1;
     if ((ret = prepare_copy(a, c)) >= 0)
         return ret;
-    return run_copy(c, a->n_workers, a->rate_limit);
+    if ((ret = run_copy(c, a->n_workers, a->rate_limit)) != 0 || !a->has_bitmaps)
+        return ret;
+    return copy_bitmaps(a, c);
 }
 
 static int
@@ -1189,6 +1423,7 @@ convert(const struct convert_args *a)
         free(c.free_bufs[i]);
     free(c.free_bufs);
     free(c.srcs);
+    vimg_bitmap_list_free(c.bitmaps, c.n_bitmaps);
     free(c.failure);
     pthread_cond_destroy(&c.turn);
     pthread_mutex_destroy(&c.lock);
@@ -1204,5 +1439,7 @@ cmd_convert(int argc, char **argv)
     if ((ret = parse_args(&a, argc, argv)) < 0 && (ret = check_args(&a)) < 0)
         ret = convert(&a);
     free(a.options);
+    free(a.snapshot_id);
+    free(a.snapshot_name);
     return ret;
 }

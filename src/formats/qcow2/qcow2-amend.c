@@ -11,8 +11,10 @@
  * gets zeros written there; one without becomes unallocated, or over a
  * backing file gets a new cluster of zeros, so that it still reads as zeros.
  *
- * Left out: refcount_bits changes, downgrading images with snapshots, bitmaps
- * or zstd compression, data_file renames and encrypt.* (all refused).
+ * A refcount_bits change builds new refcount structures (see
+ * qcow2_amend_refcount_order) right after an upgrade, before anything else.
+ *
+ * Left out: data_file renames (refused). encrypt.* (LUKS key slots) is qcow2-crypt.c's.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -53,6 +55,8 @@ qcow2_amend_parse_key(struct vimg_node *node, struct vimg_opts *opts, const char
 {
     struct qcow2_state *s = node->state;
 
+    if (strcmp(key, "encrypt") == 0)
+        return 0;   /* key slots: qcow2_crypt_amend */
     if (strcmp(key, "compat") == 0)
         return qcow2_amend_parse_compat(vimg_opts_get(opts, key), &p->version, err);
     if (strcmp(key, "lazy_refcounts") == 0) {
@@ -97,11 +101,9 @@ qcow2_amend_parse(struct vimg_node *node, struct vimg_opts *opts, struct qcow2_a
     if (p->has_lazy && p->has_lazy_refcounts && p->version < 3 &&
         !(s->hdr.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS))
         return vimg_error_set(err, EINVAL, "%s", qcow2_lazy_v3_text);
-    if (p->refcount_bits != s->refcount_bits && p->version < 3)
+    if (p->refcount_bits != s->refcount_bits && p->refcount_bits != 16 && p->version < 3)
         return vimg_error_set(err, EINVAL, "Refcount widths other than 16 bits require "
                               "compatibility level 1.1 or above (use compat=1.1 or greater)");
-    if (p->refcount_bits != s->refcount_bits)
-        return vimg_error_set(err, ENOTSUP, "Changing the refcount width is not supported");
     return 0;
 }
 
@@ -187,46 +189,283 @@ qcow2_amend_set_lazy(struct vimg_node *node, bool is_lazy, struct vimg_error *er
     return vimg_node_flush(node->file, err);
 }
 
+/* ---- refcount width ---- */
+
+/*
+ * The refcount of every cluster below end, in the current width; fails with
+ * qemu-img's text when one does not fit into new_bits.
+ */
+static int
+qcow2_amend_read_refcounts(struct vimg_node *node, uint64_t end, uint32_t new_bits,
+                           uint64_t **out, struct vimg_error *err)
+{
+    uint64_t max = new_bits == 64 ? UINT64_MAX : (UINT64_C(1) << new_bits) - 1;
+    uint64_t *rc = calloc(end ? end : 1, sizeof(*rc));
+    struct qcow2_state *s = node->state;
+    int ret = 0;
+
+    if (!rc)
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    for (uint64_t i = 0; i < end && ret == 0; i++) {
+        if ((ret = qcow2_get_refcount(node, i, &rc[i], err)) == 0 && rc[i] > max)
+            ret = vimg_error_set(err, EINVAL, "Cannot decrease refcount entry width to %"
+                                 PRIu32 " bits: Cluster at offset %#" PRIx64 " has a "
+                                 "refcount of %" PRIu64, new_bits,
+                                 i << s->cluster_bits, rc[i]);
+    }
+    if (ret < 0) {
+        free(rc);
+        return ret;
+    }
+    *out = rc;
+    return 0;
+}
+
+/* Sizes the new structures: n_blocks refcount blocks and n_table table clusters at end. */
+static void
+qcow2_amend_size_refcounts(const struct qcow2_state *s, uint64_t end, uint64_t rb_entries,
+                           uint64_t *n_blocks, uint64_t *n_table)
+{
+    uint64_t nb = 0, nt = 0, total;
+
+    for (;;) {
+        total = end + nb + nt;
+        uint64_t nb2 = (total + rb_entries - 1) / rb_entries;
+        uint64_t nt2 = qcow2_align_up(nb2 * 8, s->cluster_size) / s->cluster_size;
+        if (nb2 == nb && nt2 == nt)
+            break;
+        nb = nb2;
+        nt = nt2;
+    }
+    *n_blocks = nb;
+    *n_table = nt;
+}
+
+/*
+ * Writes rc (n clusters) as refcount blocks of width 2^order at clusters
+ * first.. and their table (n_table clusters) right after them.
+ */
+static int
+qcow2_amend_write_refcounts(struct vimg_node *node, const uint64_t *rc, uint64_t n,
+                            uint32_t order, uint64_t first, uint64_t n_blocks, uint64_t n_table,
+                            struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    struct qcow2_state w = *s;
+    uint64_t table_bytes = n_table * s->cluster_size;
+    uint8_t *block = malloc(s->cluster_size), *table = calloc(1, table_bytes);
+    int ret = 0;
+
+    w.refcount_bits = UINT32_C(1) << order;
+    w.rb_entries = (uint32_t)((uint64_t)s->cluster_size * 8 / w.refcount_bits);
+    if (!block || !table)
+        ret = vimg_error_set(err, ENOMEM, "Out of memory");
+    for (uint64_t b = 0; b < n_blocks && ret == 0; b++) {
+        uint64_t base = b * w.rb_entries;
+        memset(block, 0, s->cluster_size);
+        for (uint64_t i = 0; i < w.rb_entries && base + i < n; i++)
+            qcow2_refcount_set_raw(&w, block, i, rc[base + i]);
+        qcow2_put_be64(table + b * 8, (first + b) << s->cluster_bits);
+        ret = qcow2_pwrite_file(node->file, (first + b) << s->cluster_bits, block,
+                                s->cluster_size, err);
+    }
+    if (ret == 0)
+        ret = qcow2_pwrite_file(node->file, (first + n_blocks) << s->cluster_bits, table,
+                                table_bytes, err);
+    free(block);
+    free(table);
+    return ret;
+}
+
+/* Points the header and the state at the new structures; the old ones' clusters are free. */
+static int
+qcow2_amend_switch_refcounts(struct vimg_node *node, uint32_t order, uint64_t table_offset,
+                             uint64_t n_table, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    int ret;
+
+    s->hdr.refcount_order = order;
+    s->hdr.refcount_table_offset = table_offset;
+    s->hdr.refcount_table_clusters = (uint32_t)n_table;
+    if ((ret = qcow2_write_header(node, err)) < 0 ||
+        (ret = vimg_node_flush(node->file, err)) < 0)
+        return ret;
+    s->refcount_bits = UINT32_C(1) << order;
+    s->rb_entries = (uint32_t)((uint64_t)s->cluster_size * 8 / s->refcount_bits);
+    s->refcount_max = s->refcount_bits == 64 ? UINT64_MAX
+                                             : (UINT64_C(1) << s->refcount_bits) - 1;
+    for (unsigned i = 0; i < s->rb_cache.n_entries; i++) {
+        s->rb_cache.entries[i].offset = 0;
+        s->rb_cache.entries[i].is_dirty = false;
+    }
+    free(s->rt);
+    s->rt = NULL;
+    s->rt_size = 0;
+    s->free_cluster_index = 0;
+    return qcow2_load_refcount_table(node, err);
+}
+
+/*
+ * New refcount structures of width 2^order, built after the last cluster in
+ * use; the header switches to them in one write, and with it the clusters of
+ * the old ones become free (the new counts say so already). A crash before
+ * that leaves the old structures in charge and the new ones as clusters
+ * nothing counts or references.
+ */
+static int
+qcow2_amend_refcount_order(struct vimg_node *node, uint32_t order, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t rb_entries = (uint64_t)s->cluster_size * 8 >> order;
+    uint64_t old_table = s->hdr.refcount_table_offset >> s->cluster_bits;
+    uint64_t end, n_blocks, n_table, total, *rc = NULL, *grown;
+    int ret;
+
+    if ((ret = qcow2_flush_metadata(node, err)) < 0 ||
+        (ret = qcow2_used_end(node, &end, err)) < 0 ||
+        (ret = qcow2_amend_read_refcounts(node, end, UINT32_C(1) << order, &rc, err)) < 0)
+        return ret;
+    for (uint32_t i = 0; i < s->rt_size; i++) {
+        uint64_t block = (s->rt[i] & QCOW2_RT_OFFSET_MASK) >> s->cluster_bits;
+        if (block && block < end)
+            rc[block] = 0;
+    }
+    for (uint64_t i = 0; i < s->hdr.refcount_table_clusters && old_table + i < end; i++)
+        rc[old_table + i] = 0;
+    qcow2_amend_size_refcounts(s, end, rb_entries, &n_blocks, &n_table);
+    total = end + n_blocks + n_table;
+    if (!(grown = realloc(rc, total * sizeof(*rc)))) {
+        free(rc);
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    }
+    rc = grown;
+    for (uint64_t i = end; i < total; i++)
+        rc[i] = 1;
+    ret = qcow2_amend_write_refcounts(node, rc, total, order, end, n_blocks, n_table, err);
+    free(rc);
+    if (ret < 0 || (ret = vimg_node_flush(node->file, err)) < 0)
+        return ret;
+    return qcow2_amend_switch_refcounts(node, order, (end + n_blocks) << s->cluster_bits,
+                                        n_table, err);
+}
+
 /* ---- downgrade ---- */
 
+/* Calls fn with the active L1 table, then with each snapshot's. */
+static int
+qcow2_amend_for_each_l1(struct vimg_node *node, qcow2_l1_fn fn, void *opaque,
+                        struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    int ret;
+
+    if ((ret = fn(node, s->l1, s->l1_size, opaque, err)) < 0)
+        return ret;
+    return qcow2_snapshot_for_each_l1(node, fn, opaque, err);
+}
+
+/* Sets *(bool *)opaque when an L2 table that l1 reaches holds a compressed cluster. */
+static int
+qcow2_amend_find_compressed(struct vimg_node *node, const uint64_t *l1, uint32_t l1_size,
+                            void *opaque, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    bool *has_compressed = opaque;
+    uint8_t *l2;
+    int ret;
+
+    for (uint32_t i = 0; i < l1_size && !*has_compressed; i++) {
+        uint64_t l2_offset = l1[i] & QCOW2_OFFSET_MASK;
+        if (!l2_offset)
+            continue;
+        if ((ret = qcow2_cache_get(node, &s->l2_cache, l2_offset, false, &l2, err)) < 0)
+            return ret;
+        for (uint32_t j = 0; j < s->l2_entries && !*has_compressed; j++)
+            *has_compressed = qcow2_be64(l2 + (uint64_t)j * s->l2_entry_size) &
+                              QCOW2_OFLAG_COMPRESSED;
+    }
+    return 0;
+}
+
+/*
+ * qemu-img's refusals, in its order. Snapshots are kept (their zero clusters
+ * are written out too); a zstd image without compressed clusters becomes a
+ * zlib one.
+ */
 static int
 qcow2_amend_check_downgrade(struct vimg_node *node, struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
     uint64_t incompat = s->hdr.incompatible_features & ~QCOW2_INCOMPAT_DIRTY;
+    bool has_compressed = false;
+    int ret;
 
     if (s->has_data_file)
         return vimg_error_set(err, ENOTSUP, "Cannot downgrade an image with a data file");
+    if (s->compression_type != QCOW2_COMPRESSION_ZLIB) {
+        /* qemu-img looks at the active layer only, and leaves snapshots unreadable. */
+        if ((ret = qcow2_amend_for_each_l1(node, qcow2_amend_find_compressed,
+                                           &has_compressed, err)) < 0)
+            return ret;
+        if (has_compressed)
+            return vimg_error_set(err, ENOTSUP, "Cannot downgrade an image with zstd "
+                                  "compression type and existing compressed clusters");
+        incompat &= ~QCOW2_INCOMPAT_COMPRESSION;
+    }
     if (incompat)
         return vimg_error_set(err, ENOTSUP, "Cannot downgrade an image with incompatible "
                               "features 0x%" PRIx64 " set", incompat);
     if (s->refcount_bits != 16)
         return vimg_error_set(err, ENOTSUP, "compat=0.10 requires refcount_bits=16");
-    if (s->hdr.nb_snapshots || s->has_bitmaps_ext)
-        return vimg_error_set(err, ENOTSUP, "Downgrading an image with snapshots or bitmaps "
-                              "is not supported");
     return 0;
 }
 
-/* The version 2 form of one zero L2 entry: zeros written to a host cluster, or unallocated. */
+/* Adds delta to the refcount of the cluster at offset, n times. */
 static int
-qcow2_amend_unzero_entry(struct vimg_node *node, uint64_t entry, uint64_t *out,
-                         struct vimg_error *err)
+qcow2_amend_ref(struct vimg_node *node, uint64_t offset, int delta, uint64_t n,
+                struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    uint64_t host = entry & QCOW2_OFFSET_MASK;
+    int ret = 0;
+
+    for (uint64_t i = 0; i < n && ret == 0; i++)
+        ret = qcow2_update_refcount(node, offset, s->cluster_size, delta, err);
+    return ret;
+}
+
+/*
+ * The version 2 form of one zero L2 entry of a table that l2_refs L1 tables
+ * reach (each counts one reference to the clusters it maps): zeros written
+ * to its host cluster, or unallocated. A host cluster that other tables map
+ * too keeps its data, and the zeros go to a new cluster.
+ */
+static int
+qcow2_amend_unzero_entry(struct vimg_node *node, uint64_t entry, uint64_t l2_refs,
+                         uint64_t *out, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t host = entry & QCOW2_OFFSET_MASK, refcount = 0;
     int ret;
 
     if (!host && !node->backing_filename) {
         *out = 0;
         return 0;
     }
-    if (!host && (ret = qcow2_alloc_clusters(node, 1, &host, err)) < 0)
+    if (host && (ret = qcow2_get_refcount(node, host >> s->cluster_bits, &refcount, err)) < 0)
+        return ret;
+    if (host && refcount > l2_refs) {
+        if ((ret = qcow2_amend_ref(node, host, -1, l2_refs, err)) < 0)
+            return ret;
+        host = 0;
+    }
+    if (!host && ((ret = qcow2_alloc_clusters(node, 1, &host, err)) < 0 ||
+                  (ret = qcow2_amend_ref(node, host, 1, l2_refs - 1, err)) < 0))
         return ret;
     if ((ret = qcow2_grow_file(node->file, host + s->cluster_size, err)) < 0 ||
         (ret = vimg_node_pwrite_zeroes(node->file, host, s->cluster_size, 0, err)) < 0)
         return ret;
-    *out = host | QCOW2_OFLAG_COPIED;
+    *out = host | (l2_refs == 1 ? QCOW2_OFLAG_COPIED : 0);
     return 0;
 }
 
@@ -234,16 +473,20 @@ static int
 qcow2_amend_unzero_l2(struct vimg_node *node, uint64_t l2_offset, struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
+    uint64_t l2_refs;
     uint8_t *l2;
     int ret;
 
-    if ((ret = qcow2_cache_get(node, &s->l2_cache, l2_offset, false, &l2, err)) < 0)
+    if ((ret = qcow2_get_refcount(node, l2_offset >> s->cluster_bits, &l2_refs, err)) < 0 ||
+        (ret = qcow2_cache_get(node, &s->l2_cache, l2_offset, false, &l2, err)) < 0)
         return ret;
+    if (l2_refs == 0)
+        l2_refs = 1;
     for (uint32_t i = 0; i < s->l2_entries; i++) {
         uint64_t entry = qcow2_be64(l2 + (uint64_t)i * s->l2_entry_size), fixed;
         if ((entry & QCOW2_OFLAG_COMPRESSED) || !(entry & QCOW2_OFLAG_ZERO))
             continue;
-        if ((ret = qcow2_amend_unzero_entry(node, entry, &fixed, err)) < 0)
+        if ((ret = qcow2_amend_unzero_entry(node, entry, l2_refs, &fixed, err)) < 0)
             return ret;
         /* A refcount block allocated meanwhile may have pushed the table out of the cache. */
         if ((ret = qcow2_cache_get(node, &s->l2_cache, l2_offset, false, &l2, err)) < 0)
@@ -255,19 +498,35 @@ qcow2_amend_unzero_l2(struct vimg_node *node, uint64_t l2_offset, struct vimg_er
 }
 
 static int
+qcow2_amend_unzero_l1(struct vimg_node *node, const uint64_t *l1, uint32_t l1_size,
+                      void *opaque, struct vimg_error *err)
+{
+    int ret;
+
+    (void)opaque;
+    for (uint32_t i = 0; i < l1_size; i++) {
+        uint64_t l2_offset = l1[i] & QCOW2_OFFSET_MASK;
+        if (l2_offset && (ret = qcow2_amend_unzero_l2(node, l2_offset, err)) < 0)
+            return ret;
+    }
+    return 0;
+}
+
+/*
+ * Bitmaps cannot live in a version 2 image: qemu-img leaves their extension
+ * and clusters behind (leaked, and the bitmaps inconsistent on the next
+ * open); they are removed here instead, so that the image checks clean.
+ */
+static int
 qcow2_amend_downgrade(struct vimg_node *node, struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
     int ret;
 
-    if ((ret = qcow2_amend_check_downgrade(node, err)) < 0)
-        return ret;
-    for (uint32_t i = 0; i < s->l1_size; i++) {
-        uint64_t l2_offset = s->l1[i] & QCOW2_OFFSET_MASK;
-        if (l2_offset && (ret = qcow2_amend_unzero_l2(node, l2_offset, err)) < 0)
-            return ret;
-    }
-    if ((ret = qcow2_flush_metadata(node, err)) < 0)
+    if ((ret = qcow2_amend_check_downgrade(node, err)) < 0 ||
+        (ret = qcow2_bitmaps_drop_all(node, err)) < 0 ||
+        (ret = qcow2_amend_for_each_l1(node, qcow2_amend_unzero_l1, NULL, err)) < 0 ||
+        (ret = qcow2_flush_metadata(node, err)) < 0)
         return ret;
     qcow2_amend_drop_v3_exts(s);
     s->hdr.version = 2;
@@ -276,6 +535,7 @@ qcow2_amend_downgrade(struct vimg_node *node, struct vimg_error *err)
     s->hdr.autoclear_features = 0;
     s->hdr.header_length = QCOW2_V2_HEADER_LENGTH;
     s->hdr.compression_type = QCOW2_COMPRESSION_ZLIB;
+    s->compression_type = QCOW2_COMPRESSION_ZLIB;
     return qcow2_write_header(node, err);
 }
 
@@ -292,8 +552,11 @@ qcow2_amend_header(struct vimg_node *node, const struct qcow2_amend_params *p, b
     pthread_mutex_lock(&s->lock);
     if (is_before && p->version > s->hdr.version)
         ret = qcow2_amend_upgrade(node, err);
-    else if (!is_before && p->has_lazy && p->has_lazy_refcounts != is_lazy &&
-             s->hdr.version >= 3)
+    if (ret == 0 && is_before && p->refcount_bits != s->refcount_bits)
+        ret = qcow2_amend_refcount_order(node, (uint32_t)__builtin_ctzll(p->refcount_bits),
+                                         err);
+    if (ret == 0 && !is_before && p->has_lazy && p->has_lazy_refcounts != is_lazy &&
+        s->hdr.version >= 3)
         ret = qcow2_amend_set_lazy(node, p->has_lazy_refcounts, err);
     if (ret == 0 && !is_before && p->version < s->hdr.version)
         ret = qcow2_amend_downgrade(node, err);
@@ -309,8 +572,8 @@ qcow2_amend(struct vimg_node *node, struct vimg_opts *opts, bool is_forced,
     struct qcow2_amend_params p = { 0 };
     int ret;
 
-    (void)is_forced;
     if ((ret = qcow2_amend_parse(node, opts, &p, err)) < 0 ||
+        (ret = qcow2_crypt_amend(node, opts, is_forced, err)) < 0 ||
         (ret = qcow2_amend_header(node, &p, true, err)) < 0)
         return ret;
     if (p.has_size && p.size != s->hdr.size &&

@@ -11,12 +11,12 @@
  * whose data changes (clear, merge) gets new clusters; all-zero data clusters
  * are stored as zero table entries.
  *
- * The open clears the autoclear "bitmaps" bit of a writable image; an action
- * sets it again when the image keeps bitmaps (or clears it with the extension
- * when none are left), also when the action fails.
+ * A writable open keeps the autoclear "bitmaps" bit: guest writes are
+ * recorded in the enabled bitmaps (see "Recording guest writes" below). An
+ * action sets the bit again when the image keeps bitmaps (or clears it with
+ * the extension when none are left), also when the action fails.
  *
- * Left out: bitmaps of types other than dirty tracking (refused), and
- * tracking guest writes (bitmaps are only ever stored, never updated by I/O).
+ * Left out: bitmaps of types other than dirty tracking (refused).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -72,6 +72,8 @@ struct qcow2_extents {
     uint64_t *bytes;
     size_t n, cap;
 };
+
+static int qcow2_track_disarm(struct vimg_node *node, struct vimg_error *err);
 
 static void
 qcow2_bitmap_dir_free(struct qcow2_bitmap_dir *d)
@@ -704,7 +706,8 @@ qcow2_bitmap(struct vimg_node *node, const struct vimg_bitmap_op *op, struct vim
     int ret;
 
     pthread_mutex_lock(&s->lock);
-    if ((ret = qcow2_load_bitmap_dir(node, &d, err)) < 0)
+    if ((ret = qcow2_track_disarm(node, err)) < 0 ||
+        (ret = qcow2_load_bitmap_dir(node, &d, err)) < 0)
         goto out;
     ret = qcow2_bitmap_apply(node, &d, op, &x, err);
     if (ret == 0 && (ret = qcow2_store_bitmap_dir(node, &d, &x, err)) == 0)
@@ -716,5 +719,261 @@ out:
     free(x.offset);
     free(x.bytes);
     pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+int
+qcow2_bitmap_read(struct vimg_node *node, const char *name, uint8_t **bits,
+                  uint64_t *granularity, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    struct qcow2_bitmap_dir d;
+    struct qcow2_bitmap *bm;
+    int ret;
+
+    pthread_mutex_lock(&s->lock);
+    if ((ret = qcow2_load_bitmap_dir(node, &d, err)) < 0)
+        goto out;
+    if (!(bm = qcow2_find_bitmap(&d, name)))
+        ret = qcow2_bitmap_not_found(name, err);
+    else if ((ret = qcow2_check_bitmap_usable(bm, err)) == 0 &&
+             (ret = qcow2_read_bitmap_data(node, bm, bits, err)) == 0)
+        *granularity = UINT64_C(1) << bm->granularity_bits;
+    qcow2_bitmap_dir_free(&d);
+out:
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+int
+qcow2_bitmap_list(struct vimg_node *node, struct vimg_bitmap_info **list, size_t *n,
+                  struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    struct qcow2_bitmap_dir d;
+    int ret;
+
+    if (s->hdr.version < 3)
+        return vimg_error_set(err, ENOTSUP, "Format driver 'qcow2' does not support bitmaps");
+    pthread_mutex_lock(&s->lock);
+    if ((ret = qcow2_track_disarm(node, err)) == 0)
+        ret = qcow2_load_bitmap_dir(node, &d, err);
+    pthread_mutex_unlock(&s->lock);
+    if (ret < 0)
+        return ret;
+    if (!(*list = calloc(d.n ? d.n : 1, sizeof(**list)))) {
+        qcow2_bitmap_dir_free(&d);
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    }
+    for (uint32_t i = 0; i < d.n; i++) {
+        (*list)[i].name = d.bm[i].name;
+        d.bm[i].name = NULL;
+        (*list)[i].granularity = UINT64_C(1) << d.bm[i].granularity_bits;
+        (*list)[i].is_enabled = d.bm[i].flags & QCOW2_BME_FLAG_AUTO;
+        (*list)[i].is_in_use = d.bm[i].flags & QCOW2_BME_FLAG_IN_USE;
+    }
+    *n = d.n;
+    qcow2_bitmap_dir_free(&d);
+    return 0;
+}
+
+/*
+ * Recording guest writes. The first write after the open (or after a bitmap
+ * action) arms the tracking: every enabled, consistent bitmap is loaded into
+ * memory and marked in use on disk, durably, before that write goes ahead,
+ * so that a crash leaves those bitmaps inconsistent rather than wrong.
+ * Writes then set their bits in memory; disarming (close, any bitmap action
+ * or listing) stores the changed bitmaps in new clusters and clears the
+ * in-use flags. Disabled bitmaps never change and stay as they are.
+ */
+struct qcow2_bitmap_track {
+    uint64_t size;          /* the disk size the data covers */
+    uint32_t n;
+    char **name;
+    uint8_t *bits;          /* granularity_bits of each */
+    uint8_t **data;         /* qcow2_bitmap_bytes each */
+    bool *is_changed;
+};
+
+static void
+qcow2_track_free(struct qcow2_bitmap_track *t)
+{
+    if (!t)
+        return;
+    for (uint32_t i = 0; i < t->n; i++) {
+        free(t->name[i]);
+        free(t->data[i]);
+    }
+    free(t->name);
+    free(t->bits);
+    free(t->data);
+    free(t->is_changed);
+    free(t);
+}
+
+/* Loads the enabled, consistent bitmaps of d into t and flags them in use in d. */
+static int
+qcow2_track_load(struct vimg_node *node, struct qcow2_bitmap_dir *d,
+                 struct qcow2_bitmap_track *t, struct vimg_error *err)
+{
+    uint32_t n = d->n ? d->n : 1;
+    int ret;
+
+    t->name = calloc(n, sizeof(*t->name));
+    t->bits = calloc(n, sizeof(*t->bits));
+    t->data = calloc(n, sizeof(*t->data));
+    t->is_changed = calloc(n, sizeof(*t->is_changed));
+    if (!t->name || !t->bits || !t->data || !t->is_changed)
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    for (uint32_t i = 0; i < d->n; i++) {
+        struct qcow2_bitmap *bm = &d->bm[i];
+        if (!(bm->flags & QCOW2_BME_FLAG_AUTO) || (bm->flags & QCOW2_BME_FLAG_IN_USE))
+            continue;
+        if (!(t->name[t->n] = strdup(bm->name)))
+            return vimg_error_set(err, ENOMEM, "Out of memory");
+        t->bits[t->n] = bm->granularity_bits;
+        t->n++;
+        if ((ret = qcow2_read_bitmap_data(node, bm, &t->data[t->n - 1], err)) < 0)
+            return ret;
+        bm->flags |= QCOW2_BME_FLAG_IN_USE;
+    }
+    return 0;
+}
+
+/* Arms the tracking (lock held); a failure leaves it unarmed and the image as it was. */
+static int
+qcow2_track_arm(struct vimg_node *node, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    struct qcow2_bitmap_track *t = calloc(1, sizeof(*t));
+    struct qcow2_bitmap_dir d;
+    struct qcow2_extents x = { 0 };
+    int ret;
+
+    if (!t)
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    t->size = s->hdr.size;
+    if ((ret = qcow2_load_bitmap_dir(node, &d, err)) == 0) {
+        ret = qcow2_track_load(node, &d, t, err);
+        if (ret == 0 && t->n && (ret = qcow2_store_bitmap_dir(node, &d, &x, err)) == 0 &&
+            (ret = qcow2_free_extents(node, &x, err)) == 0)
+            ret = vimg_node_flush(node->file, err);
+        qcow2_bitmap_dir_free(&d);
+    }
+    free(x.offset);
+    free(x.bytes);
+    if (ret < 0) {
+        qcow2_restore_bitmaps_bit(node, NULL);
+        qcow2_track_free(t);
+        return ret;
+    }
+    s->bitmap_track = t;
+    return 0;
+}
+
+/* Stores what the tracking recorded and clears the in-use flags (lock held). */
+static int
+qcow2_track_disarm(struct vimg_node *node, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    struct qcow2_bitmap_track *t = s->bitmap_track;
+    struct qcow2_bitmap_dir d;
+    struct qcow2_extents x = { 0 };
+    int ret = 0;
+
+    if (!t)
+        return 0;
+    s->bitmap_track = NULL;
+    /* Resized meanwhile: the bitmaps stay in use, as inconsistent as they now are. */
+    if (t->n && t->size != s->hdr.size)
+        ret = vimg_error_set(err, ENOTSUP, "Cannot store bitmaps of an image resized while "
+                             "they recorded writes");
+    else if (t->n)
+        ret = qcow2_load_bitmap_dir(node, &d, err);
+    if (t->n == 0 || ret < 0) {
+        ret = t->n == 0 ? 0 : ret;
+        qcow2_track_free(t);
+        return ret;
+    }
+    for (uint32_t i = 0; i < t->n && ret == 0; i++) {
+        struct qcow2_bitmap *bm = qcow2_find_bitmap(&d, t->name[i]);
+        if (!bm)
+            continue;
+        bm->flags &= ~QCOW2_BME_FLAG_IN_USE;
+        if (t->is_changed[i] && (ret = qcow2_drop_bitmap_clusters(node, bm, &x, err)) == 0)
+            ret = qcow2_write_bitmap_data(node, bm, t->data[i], err);
+    }
+    if (ret == 0 && (ret = qcow2_store_bitmap_dir(node, &d, &x, err)) == 0)
+        ret = qcow2_free_extents(node, &x, err);
+    qcow2_bitmap_dir_free(&d);
+    free(x.offset);
+    free(x.bytes);
+    qcow2_track_free(t);
+    return ret;
+}
+
+static void
+qcow2_track_set(struct qcow2_bitmap_track *t, uint64_t offset, uint64_t bytes)
+{
+    uint64_t end = offset + bytes > t->size ? t->size : offset + bytes;
+
+    for (uint32_t i = 0; i < t->n && offset < end; i++) {
+        for (uint64_t b = offset >> t->bits[i]; b <= (end - 1) >> t->bits[i]; b++)
+            t->data[i][b / 8] |= (uint8_t)(1u << (b % 8));
+        t->is_changed[i] = true;
+    }
+}
+
+int
+qcow2_bitmaps_mark_dirty(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                         struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    int ret = 0;
+
+    if (!__atomic_load_n(&s->has_bitmaps_ext, __ATOMIC_RELAXED) || bytes == 0)
+        return 0;
+    pthread_mutex_lock(&s->lock);
+    if (s->has_valid_bitmaps && s->nb_bitmaps && !s->bitmap_track)
+        ret = qcow2_track_arm(node, err);
+    if (ret == 0 && s->bitmap_track)
+        qcow2_track_set(s->bitmap_track, offset, bytes);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+int
+qcow2_bitmaps_store(struct vimg_node *node, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    int ret;
+
+    pthread_mutex_lock(&s->lock);
+    ret = qcow2_track_disarm(node, err);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* Removes every bitmap and the extension, freeing their clusters (lock held). */
+int
+qcow2_bitmaps_drop_all(struct vimg_node *node, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    struct qcow2_bitmap_dir d;
+    struct qcow2_extents x = { 0 };
+    int ret;
+
+    if (!s->has_bitmaps_ext)
+        return 0;
+    if ((ret = qcow2_track_disarm(node, err)) < 0 ||
+        (ret = qcow2_load_bitmap_dir(node, &d, err)) < 0)
+        return ret;
+    for (uint32_t i = 0; i < d.n && ret == 0; i++)
+        ret = qcow2_drop_bitmap_clusters(node, &d.bm[i], &x, err);
+    qcow2_bitmap_dir_free(&d);
+    if (ret == 0 && (ret = qcow2_store_bitmap_dir(node, &d, &x, err)) == 0)
+        ret = qcow2_free_extents(node, &x, err);
+    free(x.offset);
+    free(x.bytes);
     return ret;
 }

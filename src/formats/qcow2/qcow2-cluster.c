@@ -302,6 +302,9 @@ qcow2_read_run(struct vimg_node *node, const struct qcow2_mapping *m, uint64_t o
     case QCOW2_NORMAL:
         if (s->has_data_file && !node->data_file)
             return vimg_error_set(err, EIO, "The external data file is not open");
+        if (s->crypt)
+            return qcow2_crypt_read(node, qcow2_data_node(node), m->host_offset, offset,
+                                    m->bytes, iov, n_iov, err);
         return vimg_node_preadv(qcow2_data_node(node), m->host_offset, m->bytes, iov, n_iov,
                                 0, err);
     }
@@ -422,17 +425,26 @@ qcow2_free_entry_target(struct vimg_node *node, uint64_t entry, struct vimg_erro
  * Writes [start, end) of a cluster at host from buf, where [in, +len) is the
  * guest's data and the rest copy-on-write. Like QEMU, a new cluster whose
  * copied parts are all zeros is zeroed cheaply in the file (a hole or an
- * unwritten extent) and only the guest's data is written.
+ * unwritten extent) and only the guest's data is written. An encrypted
+ * image's buf is encrypted in place.
  */
 static int
 qcow2_write_new_cluster(struct vimg_node *node, uint64_t cl, uint64_t host, uint64_t start,
-                        uint64_t end, uint64_t in, uint64_t len, const uint8_t *buf,
+                        uint64_t end, uint64_t in, uint64_t len, uint8_t *buf,
                         bool is_new, struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
     struct vimg_node *data = qcow2_data_node(node);
     struct vimg_error zerr = { 0 };
+    int ret;
 
+    /* Encrypted zeros are not zeros in the file: the whole range is written. */
+    if (s->crypt) {
+        if ((ret = qcow2_crypt_buf(node, true, host + start, cl + start, buf,
+                                   end - start, err)) < 0)
+            return ret;
+        return qcow2_pwrite_file(data, host + start, buf, end - start, err);
+    }
     /* Not past the end of the disk: QEMU copies that part as data. */
     if (is_new && (in > start || in + len < end) && cl + end <= s->hdr.size &&
         vimg_buffer_is_zero(buf, in - start) &&
@@ -523,7 +535,10 @@ qcow2_write_locked(struct vimg_node *node, uint64_t offset, uint64_t bytes,
         if (ret == 0 && is_in_place) {
             /* Allocated and ours alone: the data goes straight there, outside the lock. */
             pthread_mutex_unlock(&s->lock);
-            ret = vimg_node_pwritev(qcow2_data_node(node), host, len, sub, n_sub, 0, err);
+            ret = s->crypt ? qcow2_crypt_write(node, qcow2_data_node(node), host, pos, len,
+                                               sub, n_sub, err)
+                           : vimg_node_pwritev(qcow2_data_node(node), host, len, sub, n_sub,
+                                               0, err);
             pthread_mutex_lock(&s->lock);
         } else if (ret == 0) {
             ret = qcow2_write_alloc(node, cl, in, len, sub, n_sub, err);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <vimg/object.h>
 
@@ -187,30 +188,6 @@ qcow2_check_params(struct qcow2_create_params *p, struct vimg_error *err)
     return 0;
 }
 
-/* Encryption is not implemented: the texts qemu-img gives before it would start. */
-static int
-qcow2_check_encryption(struct vimg_opts *opts, struct vimg_error *err)
-{
-    bool is_aes = false;
-    const char *format = vimg_opts_get(opts, "encrypt.format");
-    const char *secret = vimg_opts_get(opts, "encrypt.key-secret");
-    char *data;
-    size_t len;
-    int ret;
-
-    if ((ret = vimg_opts_get_bool(opts, "encryption", false, &is_aes, err)) < 0)
-        return ret;
-    if (!is_aes && !format)
-        return 0;
-    if (!secret)
-        return vimg_error_set(err, EINVAL, "Parameter 'encrypt.key-secret' is required for "
-                              "cipher");
-    if ((ret = vimg_secret_lookup(secret, &data, &len, err)) < 0)
-        return ret;
-    free(data);
-    return vimg_error_set(err, ENOTSUP, "qcow2 encryption is not supported yet");
-}
-
 /* The feature name table QEMU writes into every version 3 image. */
 static uint32_t
 qcow2_put_feature_table(uint8_t *buf, uint32_t at)
@@ -318,10 +295,10 @@ out:
     return ret;
 }
 
-/* Opens the new image and grows it to its size, as QEMU does. */
+/* Opens the new image, grows it to its size and then encrypts it, as QEMU does. */
 static int
 qcow2_grow_new(const char *filename, const struct qcow2_create_params *p,
-               struct vimg_error *err)
+               const struct qcow2_crypt_params *crypt, struct vimg_error *err)
 {
     struct vimg_opts *o = vimg_opts_new();
     struct vimg_node *node;
@@ -341,9 +318,43 @@ qcow2_grow_new(const char *filename, const struct qcow2_create_params *p,
     /* As QEMU, the size is rounded up to whole sectors. */
     ret = vimg_node_truncate(node, qcow2_align_up(p->size, 512), true,
                              vimg_prealloc_name(p->prealloc), err);
+    if (ret == 0 && crypt)
+        ret = qcow2_crypt_format_new(node, crypt, err);
     if (ret == 0)
         ret = vimg_node_flush(node, err);
     vimg_close(node);
+    return ret;
+}
+
+/* Like qemu-img, a failed encrypted creation leaves no file behind (plain files only). */
+static void
+qcow2_remove_storage(const char *filename)
+{
+    if (!filename || strcmp(vimg_protocol_guess(filename)->name, "file") != 0)
+        return;
+    if (strncmp(filename, "file:", 5) == 0)
+        filename += 5;
+    (void)unlink(filename);
+}
+
+static int
+qcow2_create_files(const char *filename, const struct qcow2_create_params *p,
+                   struct vimg_opts *opts, const struct qcow2_crypt_params *crypt,
+                   struct vimg_error *err)
+{
+    int ret;
+
+    if ((ret = vimg_create_file_empty(filename, opts, err)) < 0)
+        return ret;
+    if (p->data_file && (ret = vimg_create_file_empty(p->data_file, opts, err)) < 0)
+        return ret;
+    if ((ret = qcow2_write_initial(filename, p, err)) < 0)
+        return ret;
+    ret = qcow2_grow_new(filename, p, crypt, err);
+    if (ret < 0 && crypt) {
+        qcow2_remove_storage(filename);
+        qcow2_remove_storage(p->data_file);
+    }
     return ret;
 }
 
@@ -351,20 +362,18 @@ int
 qcow2_create(const char *filename, struct vimg_opts *opts, struct vimg_error *err)
 {
     struct qcow2_create_params p;
+    struct qcow2_crypt_params *crypt = NULL;
     int ret;
 
     if ((ret = qcow2_parse_params(opts, &p, err)) < 0 ||
         (ret = qcow2_check_params(&p, err)) < 0 ||
-        (ret = qcow2_check_encryption(opts, err)) < 0)
+        (ret = qcow2_crypt_parse_create(opts, &crypt, err)) < 0)
         return ret;
     /* The backing file was checked, and gave the size, in `create` unless -u said not to. */
     if (!p.has_size)
-        return vimg_error_set(err, EINVAL, "Image creation needs a size parameter");
-    if ((ret = vimg_create_file_empty(filename, opts, err)) < 0)
-        return ret;
-    if (p.data_file && (ret = vimg_create_file_empty(p.data_file, opts, err)) < 0)
-        return ret;
-    if ((ret = qcow2_write_initial(filename, &p, err)) < 0)
-        return ret;
-    return qcow2_grow_new(filename, &p, err);
+        ret = vimg_error_set(err, EINVAL, "Image creation needs a size parameter");
+    else
+        ret = qcow2_create_files(filename, &p, opts, crypt, err);
+    qcow2_crypt_params_free(crypt);
+    return ret;
 }

@@ -190,8 +190,10 @@ qcow2_apply_ext(struct qcow2_state *s, uint32_t type, const uint8_t *data, uint3
             return vimg_error_set(err, ENOMEM, "Out of memory");
         break;
     case QCOW2_EXT_CRYPTO:
+        /* The rest is checked by qcow2_crypt_open, after the options, as QEMU does. */
         if (len != 16)
-            return vimg_error_set(err, EINVAL, "Invalid encryption header extension length");
+            return vimg_error_set(err, EINVAL, "CRYPTO header extension size %" PRIu32 ", but "
+                                  "expected size 16", len);
         s->crypto_offset = qcow2_be64(data);
         s->crypto_length = qcow2_be64(data + 8);
         break;
@@ -295,8 +297,6 @@ qcow2_check_features(struct qcow2_state *s, struct vimg_error *err)
     if (h->crypt_method > 2)
         return vimg_error_set(err, EINVAL, "Unsupported encryption method %" PRIu32,
                               h->crypt_method);
-    if (h->crypt_method != 0)
-        return vimg_error_set(err, ENOTSUP, "qcow2: encrypted images are not supported yet");
     return 0;
 }
 
@@ -350,13 +350,18 @@ qcow2_check_tables(struct qcow2_state *s, struct vimg_error *err)
 
     if ((uint64_t)h->refcount_table_clusters > QCOW2_MAX_REFTABLE_BYTES / s->cluster_size)
         return vimg_error_set(err, EINVAL, "Reference count table too large");
-    if (h->refcount_table_clusters == 0 ||
+    /* check (-r) opens such an image, as QEMU does, to report or rebuild the refcounts. */
+    if (h->refcount_table_clusters == 0 && !s->is_check_open)
+        return vimg_error_set(err, EINVAL, "Image does not contain a reference count table");
+    if (h->refcount_table_clusters &&
         !qcow2_table_ok(s, h->refcount_table_offset, h->refcount_table_clusters,
                         s->cluster_size))
         return vimg_error_set(err, EINVAL, "Reference count table offset invalid");
-    if (h->nb_snapshots > 65536)
-        return vimg_error_set(err, EINVAL, "Too many snapshots");
-    if (h->nb_snapshots && !qcow2_table_ok(s, h->snapshots_offset, h->nb_snapshots, 40))
+    /* check reports these itself, as QEMU's does. */
+    if (h->nb_snapshots > 65536 && !s->is_check_open)
+        return vimg_error_set(err, EFBIG, "Snapshot table too large");
+    if (h->nb_snapshots && !qcow2_table_ok(s, h->snapshots_offset, h->nb_snapshots, 40) &&
+        !s->is_check_open)
         return vimg_error_set(err, EINVAL, "Snapshot table offset invalid");
     if (h->l1_size > QCOW2_MAX_L1_BYTES / 8)
         return vimg_error_set(err, EFBIG, "Active L1 table too large");

@@ -7,8 +7,8 @@
  * the data clusters the input does not use. Persistent bitmaps of a qcow2
  * input are measured as the spec's "Bitmaps" section lays them out.
  *
- * Left out: the LUKS payload of encrypt.format=luks (qcow2 encryption is
- * not implemented).
+ * With encrypt.format=luks the LUKS header's clusters count too
+ * (qcow2_crypt_measure).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -26,20 +26,8 @@ struct qcow2_measure_params {
     uint32_t version;
     bool has_extended_l2;
     int prealloc;
+    uint64_t crypt_header_len;      /* LUKS header bytes, 0 without */
 };
-
-static int
-qcow2_measure_encryption(struct vimg_opts *opts, struct vimg_error *err)
-{
-    const char *format = vimg_opts_get(opts, "encrypt.format");
-
-    if (!format || strcmp(format, "luks") != 0)
-        return 0;
-    if (!vimg_opts_get(opts, "encrypt.key-secret"))
-        return vimg_error_set(err, EINVAL, "Parameter 'encrypt.key-secret' is required for "
-                              "cipher");
-    return vimg_error_set(err, ENOTSUP, "qcow2 encryption is not supported yet");
-}
 
 static int
 qcow2_measure_version(struct vimg_opts *opts, uint32_t *version, struct vimg_error *err)
@@ -65,7 +53,7 @@ qcow2_measure_parse(struct vimg_opts *opts, struct qcow2_measure_params *p,
     int ret;
 
     memset(p, 0, sizeof(*p));
-    if ((ret = qcow2_measure_encryption(opts, err)) < 0 ||
+    if ((ret = qcow2_crypt_measure(opts, &p->crypt_header_len, err)) < 0 ||
         (ret = vimg_opts_get_size(opts, "cluster_size", 65536, &p->cluster_size, err)) < 0)
         return ret;
     if (p->cluster_size < 512 || p->cluster_size > (2u << 20) ||
@@ -222,6 +210,7 @@ qcow2_measure(struct vimg_opts *opts, struct vimg_node *in, uint64_t size,
     if (p.prealloc == VIMG_PREALLOC_FULL || p.prealloc == VIMG_PREALLOC_FALLOC)
         required = virtual_size;
     out->fully_allocated = qcow2_prealloc_size(virtual_size, &p);
+    out->fully_allocated += qcow2_align_up(p.crypt_header_len, p.cluster_size);
     out->required = out->fully_allocated - virtual_size + required;
     out->has_bitmaps = p.version >= 3 && in && strcmp(in->drv->name, "qcow2") == 0 &&
                        ((struct qcow2_state *)in->state)->hdr.version >= 3;

@@ -78,8 +78,8 @@ qcow2_find_refblock(struct vimg_node *node, uint64_t cluster_index, uint8_t **bl
     if (ti >= s->rt_size || !(off = s->rt[ti] & QCOW2_RT_OFFSET_MASK))
         return 0;
     if (off % s->cluster_size)
-        return vimg_error_set(err, EIO, "Refblock offset 0x%" PRIx64 " unaligned (reftable "
-                              "index: 0x%" PRIx64 ")", off, ti);
+        return vimg_error_set(err, EIO, "Refblock offset %#" PRIx64 " unaligned (reftable "
+                              "index: %#" PRIx64 ")", off, ti);
     return qcow2_cache_get(node, &s->rb_cache, off, false, block, err);
 }
 

@@ -708,3 +708,61 @@ qcow2_snapshot_delete(struct vimg_node *node, const char *id, const char *name,
     pthread_mutex_unlock(&s->lock);
     return ret;
 }
+
+/*
+ * Switches reads to the snapshot's L1 table, as QEMU's temporary load does:
+ * the virtual size stays the image's, and what lies beyond the snapshot's
+ * table reads as unallocated. The node is read-only, so nothing writes the
+ * borrowed table back.
+ */
+int
+qcow2_snapshot_load_tmp(struct vimg_node *node, const char *id, const char *name,
+                        struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    struct qcow2_snapshot *sn;
+    uint64_t *l1 = NULL;
+    uint32_t n;
+    int ret, i;
+
+    pthread_mutex_lock(&s->lock);
+    if ((ret = qcow2_read_snapshots(node, &sn, &n, err)) < 0)
+        goto unlock;
+    if ((i = qcow2_find_snapshot(sn, n, id, name)) < 0)
+        ret = vimg_error_set(err, ENOENT, "Can't find snapshot");
+    else if ((ret = qcow2_read_l1_at(node, sn[i].l1_table_offset, sn[i].l1_size,
+                                     sn[i].l1_size, &l1, err)) < 0)
+        vimg_error_prefix(err, "Failed to read l1 table for snapshot: ");
+    if (ret == 0) {
+        free(s->l1);
+        s->l1 = l1;
+        s->l1_size = sn[i].l1_size;
+    }
+    qcow2_free_snapshots(sn, n);
+unlock:
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* Calls fn with the L1 table of every snapshot, in table order (lock held). */
+int
+qcow2_snapshot_for_each_l1(struct vimg_node *node, qcow2_l1_fn fn, void *opaque,
+                           struct vimg_error *err)
+{
+    struct qcow2_snapshot *sn;
+    uint32_t n;
+    int ret;
+
+    if ((ret = qcow2_read_snapshots(node, &sn, &n, err)) < 0)
+        return ret;
+    for (uint32_t i = 0; i < n && ret == 0; i++) {
+        uint64_t *l1;
+        if ((ret = qcow2_read_l1_at(node, sn[i].l1_table_offset, sn[i].l1_size,
+                                    sn[i].l1_size, &l1, err)) < 0)
+            break;
+        ret = fn(node, l1, sn[i].l1_size, opaque, err);
+        free(l1);
+    }
+    qcow2_free_snapshots(sn, n);
+    return ret;
+}

@@ -3,12 +3,12 @@
  * probing, open/close, the request callbacks, block status, resize and
  * `info`. The work is done in qcow2-header.c (header and extensions),
  * qcow2-cluster.c (mapping, reads, writes), qcow2-refcount.c (allocation),
- * qcow2-create.c and qcow2-check.c.
+ * qcow2-create.c, qcow2-check.c and qcow2-crypt.c (AES and LUKS encryption).
  *
- * Left out for now: encryption (AES and LUKS), the VM state of internal
- * snapshots (the snapshot table is in qcow2-snapshot.c), writing persistent
- * bitmaps (the autoclear bit is cleared on a writable open, as the spec asks
- * of programs that do not update them). Resizing is in qcow2-resize.c.
+ * Left out for now: the VM state of internal snapshots (the snapshot table
+ * is in qcow2-snapshot.c). Persistent bitmaps,
+ * and recording writes in them, are in qcow2-bitmap.c; resizing is in
+ * qcow2-resize.c.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -37,6 +37,7 @@ qcow2_free_state(struct qcow2_state *s)
     s->l1 = NULL;
     free(s->rt);
     s->rt = NULL;
+    qcow2_crypt_close(s);
     qcow2_free_header(s);
 }
 
@@ -131,7 +132,8 @@ qcow2_check_ignored_opts(struct qcow2_state *s, struct vimg_opts *opts, struct v
     if (fmt && s->hdr.crypt_method == 0)
         return vimg_error_set(err, EINVAL, "No encryption in image header, but options "
                               "specified format '%s'", fmt);
-    for (size_t i = 0; enc && i < vimg_opts_count(enc); i++)
+    /* An encrypted image's encrypt.* options are qcow2_crypt_open's. */
+    for (size_t i = 0; enc && s->hdr.crypt_method == 0 && i < vimg_opts_count(enc); i++)
         (void)vimg_opts_get(enc, vimg_opts_key_at(enc, i));
     return qcow2_check_overlap_opts(opts, err);
 }
@@ -218,7 +220,8 @@ static int
 qcow2_clear_autoclear(struct vimg_node *node, struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    uint64_t keep = s->hdr.autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    uint64_t keep = s->hdr.autoclear_features & (QCOW2_AUTOCLEAR_DATA_FILE_RAW |
+                                                 QCOW2_AUTOCLEAR_BITMAPS);
     uint8_t buf[8];
 
     if (s->hdr.version < 3 || keep == s->hdr.autoclear_features)
@@ -226,6 +229,31 @@ qcow2_clear_autoclear(struct vimg_node *node, struct vimg_error *err)
     qcow2_put_be64(buf, keep);
     s->hdr.autoclear_features = keep;
     return qcow2_write_header_field(node, QCOW2_OFF_AUTOCLEAR_FEATURES, buf, 8, err);
+}
+
+/*
+ * A dirty image (lazy refcounts, not closed cleanly) may have wrong
+ * refcounts: as QEMU, a read-write open repairs them (rebuilding if need be)
+ * and clears the dirty bit, with check's report on the way.
+ */
+static int
+qcow2_repair_dirty(struct vimg_node *node, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    struct vimg_check_result r = { 0 };
+    int ret;
+
+    pthread_mutex_lock(&s->lock);
+    ret = qcow2_check_locked(node, VIMG_CHECK_FIX_LEAKS | VIMG_CHECK_FIX_ERRORS, &r, err);
+    pthread_mutex_unlock(&s->lock);
+    if (ret < 0) {
+        vimg_error_prefix(err, "Could not repair dirty image");
+        return ret;
+    }
+    if (s->hdr.incompatible_features & QCOW2_INCOMPAT_DIRTY)
+        return vimg_error_set(err, EIO, "Could not repair dirty image: %" PRId64 " errors "
+                              "remain", r.corruptions + r.check_errors);
+    return 0;
 }
 
 static int
@@ -237,9 +265,10 @@ qcow2_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
     int ret;
 
     pthread_mutex_init(&s->lock, NULL);
+    s->is_check_open = flags & VIMG_OPEN_CHECK;
     if ((ret = qcow2_read_header(node, s, err)) < 0)
         goto fail;
-    if (s->is_corrupt && (flags & VIMG_OPEN_RDWR)) {
+    if (s->is_corrupt && (flags & VIMG_OPEN_RDWR) && !(flags & VIMG_OPEN_CHECK)) {
         ret = vimg_error_set(err, EACCES, "qcow2: Image is corrupt; cannot be opened "
                              "read/write");
         goto fail;
@@ -249,6 +278,7 @@ qcow2_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
     if ((ret = qcow2_load_l1(node, err)) < 0 ||
         (ret = qcow2_load_refcount_table(node, err)) < 0 ||
         (ret = qcow2_check_ignored_opts(s, opts, err)) < 0 ||
+        (ret = qcow2_crypt_open(node, opts, flags, err)) < 0 ||
         (ret = qcow2_parse_cache_opts(opts, &r, err)) < 0 ||
         (ret = qcow2_init_caches(s, &r, err)) < 0 ||
         (ret = qcow2_open_data_file(node, opts, flags, err)) < 0)
@@ -259,11 +289,29 @@ qcow2_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
     }
     if ((flags & VIMG_OPEN_RDWR) && (ret = qcow2_clear_autoclear(node, err)) < 0)
         goto fail;
+    if ((flags & VIMG_OPEN_RDWR) && !(flags & (VIMG_OPEN_CHECK | VIMG_OPEN_NO_IO)) &&
+        (s->hdr.incompatible_features & QCOW2_INCOMPAT_DIRTY) &&
+        (ret = qcow2_repair_dirty(node, err)) < 0)
+        goto fail;
     return 0;
 fail:
     qcow2_free_state(s);
     pthread_mutex_destroy(&s->lock);
     return ret;
+}
+
+/* As QEMU, a clean close clears the dirty bit: the metadata on disk is complete. */
+static void
+qcow2_mark_clean_on_close(struct vimg_node *node)
+{
+    struct qcow2_state *s = node->state;
+    uint8_t buf[8];
+
+    if (vimg_node_flush(node->file, NULL) < 0)
+        return;
+    qcow2_put_be64(buf, s->hdr.incompatible_features & ~QCOW2_INCOMPAT_DIRTY);
+    if (qcow2_write_header_field(node, QCOW2_OFF_INCOMPATIBLE_FEATURES, buf, 8, NULL) == 0)
+        vimg_node_flush(node->file, NULL);
 }
 
 static void
@@ -272,7 +320,10 @@ qcow2_close(struct vimg_node *node)
     struct qcow2_state *s = node->state;
 
     if (!node->is_read_only)
-        qcow2_flush_metadata(node, NULL);
+        qcow2_bitmaps_store(node, NULL);
+    if (!node->is_read_only && qcow2_flush_metadata(node, NULL) == 0 &&
+        (s->hdr.incompatible_features & QCOW2_INCOMPAT_DIRTY))
+        qcow2_mark_clean_on_close(node);
     qcow2_free_state(s);
     pthread_mutex_destroy(&s->lock);
 }
@@ -305,8 +356,10 @@ static int
 qcow2_pwritev(struct vimg_node *node, uint64_t offset, uint64_t bytes, const struct iovec *iov,
               int n_iov, unsigned flags, struct vimg_error *err)
 {
-    int ret = qcow2_write(node, offset, bytes, iov, n_iov, err);
+    int ret = qcow2_bitmaps_mark_dirty(node, offset, bytes, err);
 
+    if (ret == 0)
+        ret = qcow2_write(node, offset, bytes, iov, n_iov, err);
     if (ret == 0 && (flags & VIMG_REQ_FUA))
         ret = vimg_node_flush(node, err);
     return ret;
@@ -316,8 +369,10 @@ static int
 qcow2_pwrite_zeroes(struct vimg_node *node, uint64_t offset, uint64_t bytes, unsigned flags,
                     struct vimg_error *err)
 {
-    int ret = qcow2_zero(node, offset, bytes, flags, err);
+    int ret = qcow2_bitmaps_mark_dirty(node, offset, bytes, err);
 
+    if (ret == 0)
+        ret = qcow2_zero(node, offset, bytes, flags, err);
     if (ret == 0 && (flags & VIMG_REQ_FUA))
         ret = vimg_node_flush(node, err);
     return ret;
@@ -326,7 +381,18 @@ qcow2_pwrite_zeroes(struct vimg_node *node, uint64_t offset, uint64_t bytes, uns
 static int
 qcow2_discard(struct vimg_node *node, uint64_t offset, uint64_t bytes, struct vimg_error *err)
 {
-    return qcow2_discard_range(node, offset, bytes, err);
+    int ret = qcow2_bitmaps_mark_dirty(node, offset, bytes, err);
+
+    return ret < 0 ? ret : qcow2_discard_range(node, offset, bytes, err);
+}
+
+static int
+qcow2_write_compressed(struct vimg_node *node, uint64_t offset, const void *buf,
+                       uint64_t bytes, struct vimg_error *err)
+{
+    int ret = qcow2_bitmaps_mark_dirty(node, offset, bytes, err);
+
+    return ret < 0 ? ret : qcow2_pwrite_compressed(node, offset, buf, bytes, err);
 }
 
 static int
@@ -364,7 +430,7 @@ qcow2_block_status(struct vimg_node *node, uint64_t offset, uint64_t bytes,
     case QCOW2_ZERO:
         bs->flags = VIMG_BS_ALLOCATED | VIMG_BS_ZERO;
         if (!s->has_extended_l2 && (m.l2_entry & QCOW2_OFFSET_MASK) &&
-            (m.l2_entry & QCOW2_OFLAG_COPIED)) {
+            (m.l2_entry & QCOW2_OFLAG_COPIED) && !s->crypt) {
             bs->flags |= VIMG_BS_OFFSET_VALID;
             bs->offset = (m.l2_entry & QCOW2_OFFSET_MASK) + offset % s->cluster_size;
             bs->file = qcow2_data_node(node);
@@ -374,6 +440,11 @@ qcow2_block_status(struct vimg_node *node, uint64_t offset, uint64_t bytes,
         bs->flags = VIMG_BS_ALLOCATED | VIMG_BS_DATA | VIMG_BS_COMPRESSED;
         break;
     case QCOW2_NORMAL:
+        /* As QEMU, encrypted data has no offset to show: its file's zeros are not the guest's. */
+        if (s->crypt) {
+            bs->flags = VIMG_BS_ALLOCATED | VIMG_BS_DATA;
+            break;
+        }
         /* Preallocated metadata can point at holes: let the core ask the file. */
         bs->flags = VIMG_BS_ALLOCATED | VIMG_BS_DATA | VIMG_BS_OFFSET_VALID | VIMG_BS_RECURSE;
         bs->offset = m.host_offset;
@@ -516,6 +587,8 @@ qcow2_info(struct vimg_node *node, json_t **format_specific, struct vimg_error *
         }
     }
     json_object_set_new(data, "refcount-bits", json_integer(s->refcount_bits));
+    if (s->crypt)
+        json_object_set_new(data, "encrypt", qcow2_crypt_info(s));
     if (is_v3) {
         if (s->data_file_name)
             json_object_set_new(data, "data-file", json_string(s->data_file_name));
@@ -530,10 +603,14 @@ qcow2_info(struct vimg_node *node, json_t **format_specific, struct vimg_error *
     return 0;
 }
 
+/* The secret decides what an encrypted image reads as: `info` names such nodes json:{...}. */
+static const char *const qcow2_strong_opts[] = { "encrypt.key-secret", NULL };
+
 const struct vimg_driver vimg_qcow2_driver = {
     .name = "qcow2",
     .kind = VIMG_DRIVER_FORMAT,
     .state_size = sizeof(struct qcow2_state),
+    .strong_opts = qcow2_strong_opts,
     .has_zero_init = true,
     .supports_backing = true,
     .probe = qcow2_probe,
@@ -544,7 +621,7 @@ const struct vimg_driver vimg_qcow2_driver = {
     .preadv = qcow2_preadv,
     .pwritev = qcow2_pwritev,
     .pwrite_zeroes = qcow2_pwrite_zeroes,
-    .pwrite_compressed = qcow2_pwrite_compressed,
+    .pwrite_compressed = qcow2_write_compressed,
     .discard = qcow2_discard,
     .flush = qcow2_flush,
     .block_status = qcow2_block_status,
@@ -560,7 +637,10 @@ const struct vimg_driver vimg_qcow2_driver = {
     .snapshot_create = qcow2_snapshot_create,
     .snapshot_apply = qcow2_snapshot_apply,
     .snapshot_delete = qcow2_snapshot_delete,
+    .snapshot_load_tmp = qcow2_snapshot_load_tmp,
     .bitmap = qcow2_bitmap,
+    .bitmap_list = qcow2_bitmap_list,
+    .bitmap_read = qcow2_bitmap_read,
     .rw_vmstate = qcow2_rw_vmstate,
     .amend = qcow2_amend,
 };

@@ -156,6 +156,7 @@ struct qcow2_state {
     bool is_data_file_raw;          /* autoclear bit 1 */
     bool is_corrupt;
     bool is_dirty;                  /* as opened */
+    bool is_check_open;             /* opened by check: damaged refcounts are its to report */
     bool has_bitmaps_ext;
     bool has_valid_bitmaps;         /* autoclear bit 0 as opened, or as we last wrote it */
     uint8_t compression_type;
@@ -164,6 +165,7 @@ struct qcow2_state {
     struct qcow2_ext *exts;         /* every extension read, in order */
     size_t n_exts;
     uint64_t crypto_offset, crypto_length;
+    struct qcow2_crypt *crypt;      /* qcow2-crypt.c: NULL for an image without encryption */
     uint64_t bitmaps_dir_offset, bitmaps_dir_size;
     uint32_t nb_bitmaps;
 
@@ -183,6 +185,7 @@ struct qcow2_state {
     uint64_t free_byte_offset;
     uint64_t free_byte_owner;
     uint64_t free_byte_entry;
+    struct qcow2_bitmap_track *bitmap_track;    /* qcow2-bitmap.c: recording writes, or NULL */
 };
 
 static inline uint16_t qcow2_be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
@@ -336,6 +339,13 @@ int qcow2_snapshot_apply(struct vimg_node *node, const char *id_or_name,
                          struct vimg_error *err);
 int qcow2_snapshot_delete(struct vimg_node *node, const char *id, const char *name,
                           struct vimg_error *err);
+int qcow2_snapshot_load_tmp(struct vimg_node *node, const char *id, const char *name,
+                            struct vimg_error *err);
+typedef int (*qcow2_l1_fn)(struct vimg_node *node, const uint64_t *l1, uint32_t l1_size,
+                           void *opaque, struct vimg_error *err);
+/* Calls fn with each snapshot's L1 table; lock held. */
+int qcow2_snapshot_for_each_l1(struct vimg_node *node, qcow2_l1_fn fn, void *opaque,
+                               struct vimg_error *err);
 
 /* qcow2-vmstate.c: the driver's rw_vmstate op; takes s->lock. */
 int qcow2_rw_vmstate(struct vimg_node *node, uint64_t offset, uint64_t bytes,
@@ -347,10 +357,57 @@ int qcow2_amend(struct vimg_node *node, struct vimg_opts *opts, bool is_forced,
 
 /* qcow2-bitmap.c: the driver's bitmap op; takes s->lock. */
 int qcow2_bitmap(struct vimg_node *node, const struct vimg_bitmap_op *op, struct vimg_error *err);
+int qcow2_bitmap_list(struct vimg_node *node, struct vimg_bitmap_info **list, size_t *n,
+                      struct vimg_error *err);
+/* Records a guest write of [offset, +bytes) in the enabled bitmaps; call before writing. */
+int qcow2_bitmaps_mark_dirty(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                             struct vimg_error *err);
+/* Stores the bitmaps that recorded writes (at close). */
+int qcow2_bitmaps_store(struct vimg_node *node, struct vimg_error *err);
+/* Removes every bitmap and the bitmaps extension (amend's downgrade); lock held. */
+int qcow2_bitmaps_drop_all(struct vimg_node *node, struct vimg_error *err);
+int qcow2_bitmap_read(struct vimg_node *node, const char *name, uint8_t **bits,
+                      uint64_t *granularity, struct vimg_error *err);
+int qcow2_bitmap_list(struct vimg_node *node, struct vimg_bitmap_info **list, size_t *n,
+                      struct vimg_error *err);
 
 /* qcow2-check.c */
 int qcow2_check(struct vimg_node *node, int fix, struct vimg_check_result *result,
                 struct vimg_error *err);
+/* The same with s->lock held (the open path's repair of a dirty image). */
+int qcow2_check_locked(struct vimg_node *node, int fix, struct vimg_check_result *result,
+                       struct vimg_error *err);
+
+/* qcow2-crypt.c: crypt_method 1 (AES) and 2 (LUKS). */
+struct qcow2_crypt_params;
+/* Reads the header's encryption (and with I/O its key) after the header checks. */
+int qcow2_crypt_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
+                     struct vimg_error *err);
+void qcow2_crypt_close(struct qcow2_state *s);
+/* In place; host and guest are the offsets of buf's first byte (one picks the IV). */
+int qcow2_crypt_buf(struct vimg_node *node, bool is_enc, uint64_t host, uint64_t guest,
+                    uint8_t *buf, uint64_t len, struct vimg_error *err);
+/* Reads (writes) [host, +bytes) of data, decrypting (encrypting) through a bounce buffer. */
+int qcow2_crypt_read(struct vimg_node *node, struct vimg_node *data, uint64_t host,
+                     uint64_t guest, uint64_t bytes, const struct iovec *iov, int n_iov,
+                     struct vimg_error *err);
+int qcow2_crypt_write(struct vimg_node *node, struct vimg_node *data, uint64_t host,
+                      uint64_t guest, uint64_t bytes, const struct iovec *iov, int n_iov,
+                      struct vimg_error *err);
+/* The "encrypt" object of `info` (NULL without encryption). */
+json_t *qcow2_crypt_info(const struct qcow2_state *s);
+/* Creation: options checked and secret looked up before anything is made (*out NULL: none). */
+int qcow2_crypt_parse_create(struct vimg_opts *opts, struct qcow2_crypt_params **out,
+                             struct vimg_error *err);
+void qcow2_crypt_params_free(struct qcow2_crypt_params *p);
+/* Bytes of the LUKS header a new image with these options gets (0 without LUKS). */
+int qcow2_crypt_measure(struct vimg_opts *opts, uint64_t *header_len, struct vimg_error *err);
+/* amend's encrypt.* (LUKS key slots); nothing without them. */
+int qcow2_crypt_amend(struct vimg_node *node, struct vimg_opts *opts, bool is_forced,
+                      struct vimg_error *err);
+/* Sets up encryption on a new image, open read-write without it; takes s->lock. */
+int qcow2_crypt_format_new(struct vimg_node *node, const struct qcow2_crypt_params *p,
+                           struct vimg_error *err);
 
 /* Appends one header extension at buf + at; returns the offset after it (8-aligned). */
 uint32_t qcow2_put_ext(uint8_t *buf, uint32_t at, uint32_t type, const void *data,

@@ -1,0 +1,130 @@
+#!/bin/bash
+# Proves: vimg-nbd serves over TLS as qemu-nbd does, with x509 certificates
+# (made here by certtool) and with a pre-shared key. With the same
+# --object tls-creds-x509/psk and --tls-creds, qemu-img info, qemu-io and
+# nbdinfo (nbds+unix URIs) read through both servers and print the same;
+# clients without TLS are refused with qemu-nbd's words (NBD_REP_ERR_TLS_REQD);
+# a client with a certificate from another CA is refused; and vimg's nbd
+# driver (tls-creds=ID) reads from qemu-nbd and vimg-nbd over TLS.
+source "$(dirname "$0")/lib.sh"
+need qemu-img qemu-io qemu-nbd nbdinfo certtool
+[ -x "$VIMG_NBD" ] || fail "vimg-nbd not built"
+
+# mkpki DIR: a CA, a server certificate for localhost and a client certificate.
+mkpki() {
+    local d=$1
+    mkdir -p "$d/server" "$d/client"
+    certtool --generate-privkey --key-type=ecdsa --outfile "$d/ca-key.pem" 2>/dev/null
+    printf 'cn = Test CA\nca\ncert_signing_key\nexpiration_days = 2\n' >"$d/ca.info"
+    certtool --generate-self-signed --load-privkey "$d/ca-key.pem" --template "$d/ca.info" \
+        --outfile "$d/ca-cert.pem" 2>/dev/null
+    printf 'cn = localhost\ndns_name = localhost\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 2\n' \
+        >"$d/server.info"
+    printf 'cn = client\ntls_www_client\nencryption_key\nsigning_key\nexpiration_days = 2\n' \
+        >"$d/client.info"
+    for who in server client; do
+        certtool --generate-privkey --key-type=ecdsa --outfile "$d/$who/$who-key.pem" 2>/dev/null
+        certtool --generate-certificate --load-ca-certificate "$d/ca-cert.pem" \
+            --load-ca-privkey "$d/ca-key.pem" --load-privkey "$d/$who/$who-key.pem" \
+            --template "$d/$who.info" --outfile "$d/$who/$who-cert.pem" 2>/dev/null
+        cp "$d/ca-cert.pem" "$d/$who/"
+    done
+    [ -s "$d/client/client-cert.pem" ] || fail "certtool made no certificates"
+}
+wait_sock() {
+    for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.05; done
+    fail "no server on $1"
+}
+# start NAME TOOL ARGS...: a persistent server on $TESTDIR/NAME.sock, stopped on exit.
+start() {
+    local name=$1 tool=$2; shift 2
+    rm -f "$TESTDIR/$name.sock"
+    "$tool" -t -k "$TESTDIR/$name.sock" "$@" 2>"$name.log" & eval "${name}_pid=$!"
+    on_exit "kill $!"
+    wait_sock "$TESTDIR/$name.sock"
+}
+stop() { eval "kill \$${1}_pid; wait \$${1}_pid 2>/dev/null"; }
+# both CMD...: CMD with @S replaced by each server's socket prints the same.
+both() {
+    local a=() b=() x
+    for x in "$@"; do a+=("${x//@S/$TESTDIR/q.sock}"); b+=("${x//@S/$TESTDIR/v.sock}"); done
+    "${a[@]}" 2>&1 | sed "s|$TESTDIR/q.sock|SOCK|g; s/^qemu-io:/TOOL:/; /ops\/sec/d" >out.q
+    "${b[@]}" 2>&1 | sed "s|$TESTDIR/v.sock|SOCK|g; s/^qemu-io:/TOOL:/; /ops\/sec/d" >out.v
+    expect_same out.q out.v "$*"
+}
+
+mkpki pki
+mkpki other
+mkdir psk
+echo "alice:$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" >psk/keys.psk
+qemu-img create -q -f raw img.raw 4M
+qemu-io -f raw -c 'write -P 0x5a 64k 1M' img.raw >/dev/null
+
+# 1. x509, peer verification on (the default): clients need a certificate from the CA.
+SRV=(--object "tls-creds-x509,id=tls0,dir=$TESTDIR/pki/server,endpoint=server" --tls-creds tls0
+     -f raw -r)
+start q qemu-nbd "${SRV[@]}" img.raw
+start v "$VIMG_NBD" "${SRV[@]}" img.raw
+CLI="--object tls-creds-x509,id=c0,dir=$TESTDIR/pki/client,endpoint=client"
+OPTS="driver=nbd,server.type=unix,server.path=@S,tls-creds=c0,tls-hostname=localhost"
+both qemu-img info $CLI --image-opts "$OPTS"
+both qemu-io $CLI -r --image-opts "$OPTS" -c 'read -P 0x5a 64k 1M' -c 'read -P 0 2M 1M'
+grep -q "read 1048576/1048576" out.v || fail "qemu-io read nothing through TLS"
+both nbdinfo "nbds+unix:///?socket=@S&tls-certificates=$TESTDIR/pki/client"
+grep -q "with TLS" out.v || fail "nbdinfo saw no TLS"
+both nbdinfo --map "nbds+unix:///?socket=@S&tls-certificates=$TESTDIR/pki/client"
+# Without TLS: refused before any option but STARTTLS.
+both qemu-io -r --image-opts "driver=nbd,server.type=unix,server.path=@S" -c 'read 0 512'
+grep -q "TLS negotiation required" out.v || fail "plain client not refused: $(cat out.v)"
+both nbdinfo --list "nbd+unix:///?socket=@S"
+# A certificate from another CA: the handshake fails on both.
+qemu-io --object "tls-creds-x509,id=c1,dir=$TESTDIR/other/client,endpoint=client" -r \
+    --image-opts "driver=nbd,server.type=unix,server.path=$TESTDIR/v.sock,tls-creds=c1,tls-hostname=localhost" \
+    -c 'read 0 512' >out 2>&1 && fail "vimg-nbd accepted a client certificate from another CA"
+# vimg's client, through both servers.
+for s in q v; do
+    "$VIMG_IO" $CLI -r --image-opts "driver=nbd,server.type=unix,server.path=$TESTDIR/$s.sock,tls-creds=c0" \
+        -c 'read -P 0x5a 64k 1M' >out 2>&1 || { cat out >&2; fail "vimg-io over TLS from $s"; }
+    grep -q "read 1048576/1048576" out || fail "vimg-io read nothing from $s"
+    "$VIMG" compare -f raw img.raw --object "tls-creds-x509,id=c0,dir=$TESTDIR/pki/client,endpoint=client" \
+        "json:{\"driver\":\"nbd\",\"server\":{\"type\":\"unix\",\"path\":\"$TESTDIR/$s.sock\"},\"tls-creds\":\"c0\"}" \
+        >out 2>&1 || { cat out >&2; fail "vimg compare over TLS from $s"; }
+done
+"$VIMG_IO" -r --image-opts "driver=nbd,server.type=unix,server.path=$TESTDIR/q.sock" \
+    -c 'read 0 512' >out 2>&1 && fail "vimg-io read from a TLS server without TLS"
+grep -q "Did you forget a valid tls-creds" out || fail "vimg-io TLS refusal: $(cat out)"
+stop q; stop v
+
+# 2. PSK, writable: qemu-io writes through vimg-nbd and reads back through qemu-nbd.
+SRV=(--object "tls-creds-psk,id=tls0,dir=$TESTDIR/psk,endpoint=server" --tls-creds tls0 -f raw)
+start v "$VIMG_NBD" "${SRV[@]}" img.raw
+CLI="--object tls-creds-psk,id=c0,dir=$TESTDIR/psk,endpoint=client,username=alice"
+qemu-io $CLI --image-opts "driver=nbd,server.type=unix,server.path=$TESTDIR/v.sock,tls-creds=c0" \
+    -c 'write -P 0x77 3M 128k' >out 2>&1 || { cat out >&2; fail "qemu-io write over PSK"; }
+nbdinfo "nbds+unix://alice@/?socket=$TESTDIR/v.sock&tls-psk-file=$TESTDIR/psk/keys.psk" >out 2>&1 ||
+    { cat out >&2; fail "nbdinfo over PSK"; }
+grep -q "with TLS" out || fail "nbdinfo saw no TLS over PSK"
+"$VIMG_IO" $CLI --image-opts "driver=nbd,server.type=unix,server.path=$TESTDIR/v.sock,tls-creds=c0" \
+    -c 'read -P 0x77 3M 128k' >out 2>&1 || { cat out >&2; fail "vimg-io over PSK"; }
+grep -q "verification failed" out && fail "vimg-io read other bytes over PSK"
+stop v
+qemu-io -f raw -r -c 'read -P 0x77 3M 128k' -c 'read -P 0x5a 64k 1M' img.raw >out 2>&1
+grep -q "verification failed" out && fail "PSK writes did not land in the image"
+start q qemu-nbd "${SRV[@]}" img.raw
+"$VIMG_IO" $CLI -r --image-opts "driver=nbd,server.type=unix,server.path=$TESTDIR/q.sock,tls-creds=c0" \
+    -c 'read -P 0x77 3M 128k' >out 2>&1 || { cat out >&2; fail "vimg-io over PSK from qemu-nbd"; }
+stop q
+
+# 3. Option errors as qemu-nbd words them.
+for args in "--tls-creds nosuch" "--tls-hostname h" \
+            "--object tls-creds-x509,id=t,dir=$TESTDIR/pki/client,endpoint=server --tls-creds t" \
+            "--object tls-creds-x509,id=t,dir=$TESTDIR/pki/server,endpoint=client --tls-creds t" \
+            "--object tls-creds-psk,id=t,dir=$TESTDIR/nosuch,endpoint=server --tls-creds t" \
+            "--object tls-creds-x509,id=t,endpoint=server --tls-creds t" \
+            "--object tls-creds-x509,id=t,dir=/,endpoint=nowhere --tls-creds t"; do
+    qemu-nbd $args -k "$TESTDIR/e.sock" img.raw >e.q 2>&1; echo "exit=$?" >>e.q
+    "$VIMG_NBD" $args -k "$TESTDIR/e.sock" img.raw >e.v 2>&1; echo "exit=$?" >>e.v
+    sed -i 's/^qemu-nbd:/TOOL:/; s/^vimg-nbd:/TOOL:/' e.q e.v
+    expect_same e.q e.v "vimg-nbd $args"
+done
+pass

@@ -1,0 +1,53 @@
+#!/bin/bash
+# Proves: qcow2 headers with hostile sizes and counts (L1 size, refcount
+# table clusters, snapshot count, header extension length, header length,
+# backing file name length, virtual size, cluster bits, refcount order) are
+# refused with qemu-img's message and exit code by `vimg info`, `vimg check`
+# and vimg-io, and that refusing them allocates nothing near the claimed
+# size (peak RSS stays small: the size is checked before it sizes a buffer).
+# Fields that QEMU accepts (tables past the end of the file) open in both.
+source "$(dirname "$0")/lib.sh"
+need qemu-img qemu-io /usr/bin/time
+
+qemu-img create -q -f qcow2 base.qcow2 4M
+qemu-io -c "write -P 1 0 128k" base.qcow2 >/dev/null
+qemu-img snapshot -c s1 base.qcow2
+
+n=0
+# hostile NAME FIELD_WIDTH OFFSET VALUE...: a copy of base with the fields poked.
+hostile() {
+    local name=$1 img=$1.qcow2; shift
+    cp base.qcow2 "$img"
+    while [ $# -gt 0 ]; do "poke_be$1" "$img" "$2" "$3"; shift 3; done
+    n=$((n + 1))
+    run_both i$n info "$img"
+    expect_same i$n.q i$n.v "info $name"
+    run_both k$n check "$img"
+    expect_same k$n.q k$n.v "check $name"
+    qemu-io -r -c "read 0 512" "$img" 2>&1 | sed 's/^qemu-io:/TOOL:/; /ops;/d' >o$n.q
+    "$VIMG_IO" -r -c "read 0 512" "$img" 2>&1 | sed 's/^vimg-io:/TOOL:/; /ops;/d' >o$n.v
+    expect_same o$n.q o$n.v "vimg-io $name"
+    /usr/bin/time -f %M -o rss$n "$VIMG" info "$img" >/dev/null 2>&1
+    [ "$(tail -1 rss$n)" -lt 131072 ] || fail "vimg info $name peaked at $(tail -1 rss$n) KiB"
+}
+
+hostile l1-size-huge        32 36 0x7fffffff
+hostile l1-size-over-limit  32 36 0x400001
+hostile l1-size-zero        32 36 0
+hostile l1-offset-past-eof  64 40 0x7fff0000
+hostile reftable-huge       32 56 0xffffffff
+hostile reftable-over-limit 32 56 129
+hostile reftable-zero       32 56 0
+hostile reftable-unaligned  64 48 0x10200
+hostile snapshots-too-many  32 60 65537
+hostile snapshots-max-u32   32 60 0xffffffff
+hostile snapshots-unaligned 64 64 0x70004
+hostile ext-len-huge        32 116 0xffffffff
+hostile ext-len-64k         32 116 0x10000
+hostile header-len-huge     32 100 0x20000
+hostile backing-name-huge   64 8 0x200 32 16 0xffffffff
+hostile size-huge           64 24 0x7fffffffffffffff
+hostile cluster-bits-40     32 20 40
+hostile refcount-order-7    32 96 7
+grep -q "Snapshot table too large" i9.v || fail "snapshot count not refused as QEMU does"
+pass
