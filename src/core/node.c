@@ -283,6 +283,35 @@ path_join_dir(const char *base_file, const char *rel)
     return out;
 }
 
+/*
+ * The images whose backing files this thread is opening, outermost first: a
+ * backing file that is one of them is a loop (QEMU recurses until it runs out
+ * of file descriptors), and chains longer than this are refused.
+ */
+#define VIMG_MAX_BACKING_DEPTH 256
+static __thread char *backing_stack[VIMG_MAX_BACKING_DEPTH];
+static __thread unsigned backing_depth;
+
+/* ELOOP when path (resolved) already is being opened as an image of this chain. */
+static int
+backing_check_loop(const char *self, const char *path, struct vimg_error *err)
+{
+    char *real = path ? realpath(path, NULL) : NULL;
+    unsigned i;
+    int ret = 0;
+
+    if (backing_depth >= VIMG_MAX_BACKING_DEPTH - 1)
+        ret = vimg_error_set(err, ELOOP, "Backing file chain is longer than %d images",
+                             VIMG_MAX_BACKING_DEPTH);
+    for (i = 0; real && ret == 0 && i < backing_depth; i++)
+        if (backing_stack[i] && strcmp(backing_stack[i], real) == 0)
+            ret = vimg_error_set(err, ELOOP, "Backing file '%s' creates an infinite loop.", path);
+    if (real && ret == 0 && self && strcmp(self, real) == 0)
+        ret = vimg_error_set(err, ELOOP, "Backing file '%s' creates an infinite loop.", path);
+    free(real);
+    return ret;
+}
+
 static int
 node_open_backing(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
                   struct vimg_error *err)
@@ -315,9 +344,18 @@ node_open_backing(struct vimg_node *node, struct vimg_opts *opts, unsigned flags
         const char *name = vimg_opts_has(child_opts, "file") ||
                            vimg_opts_has(child_opts, "filename")
                            ? NULL : node->full_backing_filename;
-        ret = node_open(&node->backing, child_opts, name, child_flags, err);
-        if (ret < 0)
-            vimg_error_prefix(err, "Could not open backing file: ");
+        char *self = realpath(node->filename, NULL);
+
+        ret = backing_check_loop(self, name, err);
+        if (ret == 0) {
+            backing_stack[backing_depth++] = self;
+            ret = node_open(&node->backing, child_opts, name, child_flags, err);
+            backing_stack[--backing_depth] = NULL;
+            /* A loop is said once, not behind one prefix per image of the chain. */
+            if (ret < 0 && err->errnum != ELOOP)
+                vimg_error_prefix(err, "Could not open backing file: ");
+        }
+        free(self);
     }
     vimg_opts_free(own);
     return ret;

@@ -9,11 +9,19 @@
  * CHS geometry except for the creator apps Hyper-V and friends use (or with
  * force_size_calc=current_size); open-time checks and their messages are
  * qemu-img's. Sector bitmaps are written (all ones) when a block is
- * allocated but never consulted on read, as qemu-img does: a block is data
- * once its BAT entry is set.
+ * allocated but never consulted on read in fixed and dynamic disks, as
+ * qemu-img does: a block is data once its BAT entry is set.
  *
- * Left out: differencing disks (type 4 opens as a dynamic disk without a
- * parent, as in qemu-img), `check`, resize.
+ * Differencing disks (type 4) go beyond qemu-img 7.2, which opens them as
+ * dynamic disks without a parent (its `info` shows no backing file; ours
+ * shows the parent as "backing filename"): the parent locators of the
+ * dynamic header name the parent, which the core opens as the backing node
+ * (format vpc); in an allocated block a set bit of the sector bitmap means
+ * the sector is in this file, a clear one that it comes from the parent, and
+ * unallocated blocks come from the parent. They are read-only: writes are
+ * refused.
+ *
+ * Left out: writing differencing disks, `check`, resize.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -24,6 +32,7 @@
 #include <time.h>
 
 #include "core/driver.h"
+#include "formats/vhd-parent.h"
 
 #define VPC_SECTOR_SIZE             512
 #define VPC_FOOTER_SIZE             512
@@ -55,8 +64,18 @@
 #define VPC_DYN_OFF_MAX_ENTRIES     28      /* BE32 */
 #define VPC_DYN_OFF_BLOCK_SIZE      32      /* BE32 */
 #define VPC_DYN_OFF_CHECKSUM        36      /* BE32 */
+#define VPC_DYN_OFF_PARENT_NAME     64      /* 512 bytes, UTF-16BE */
+#define VPC_DYN_PARENT_NAME_SIZE    512
+#define VPC_DYN_OFF_LOCATORS        576     /* 8 entries of 24 bytes */
+#define VPC_N_LOCATORS              8
+#define VPC_LOCATOR_SIZE            24
+#define VPC_LOC_OFF_CODE            0       /* char[4], the platform code */
+#define VPC_LOC_OFF_DATA_LENGTH     8       /* BE32, bytes */
+#define VPC_LOC_OFF_DATA_OFFSET     16      /* BE64, in the file */
+#define VPC_MAX_LOCATOR_LENGTH      65536   /* a path; anything longer is refused */
 
 #define VPC_DISK_FIXED              2
+#define VPC_DISK_DIFFERENCING       4
 #define VPC_VERSION                 UINT32_C(0x00010000)
 #define VPC_FEATURES_RESERVED       2
 #define VPC_BAT_UNUSED              UINT32_C(0xffffffff)
@@ -85,6 +104,7 @@ struct vpc_footer {
 
 struct vpc_state {
     bool is_dynamic;
+    bool is_differencing;       /* sector bitmaps say which sectors the parent holds */
     uint64_t size;              /* guest-visible bytes */
     uint8_t footer[VPC_FOOTER_SIZE];    /* as on disk, written after each new block */
     uint32_t block_size;
@@ -326,9 +346,126 @@ vpc_load_bat(struct vimg_node *node, struct vimg_error *err)
     return ret;
 }
 
+/* Parent locators (spec "Dynamic disk header"): relative ones are tried first. */
+static const struct {
+    char code[5];
+    bool is_utf16;          /* UTF-16LE; else bytes (ASCII, or a UTF-8 file URL) */
+    bool is_relative;
+} vpc_locator_kinds[] = {
+    { "W2ru", true, true },
+    { "Wi2r", false, true },        /* deprecated */
+    { "W2ku", true, false },
+    { "Wi2k", false, false },       /* deprecated */
+    { "MacX", false, false },       /* file:// URL */
+};
+
+/* The path locator entry e names, as this host spells it; *out is NULL for other kinds. */
+static int
+vpc_read_locator(struct vimg_node *node, const uint8_t *e, size_t kind, char **out,
+                 struct vimg_error *err)
+{
+    uint32_t len = vpc_be32(e + VPC_LOC_OFF_DATA_LENGTH);
+    uint64_t off = vpc_be64(e + VPC_LOC_OFF_DATA_OFFSET);
+    int64_t file_len = vpc_file_length(node, err);
+    uint8_t *raw;
+    char *path;
+    int ret;
+
+    *out = NULL;
+    if (file_len < 0)
+        return (int)file_len;
+    if (len == 0 || len > VPC_MAX_LOCATOR_LENGTH || off > (uint64_t)file_len ||
+        len > (uint64_t)file_len - off)
+        return vimg_error_set(err, EINVAL, "Could not open '%s': parent locator %s is invalid "
+                              "(%" PRIu32 " bytes at 0x%" PRIx64 ", file size %" PRId64 ")",
+                              node->filename, vpc_locator_kinds[kind].code, len, off, file_len);
+    if (!(raw = calloc(1, (size_t)len + 2)))
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    if ((ret = vimg_node_pread(node->file, off, raw, len, 0, err)) < 0) {
+        free(raw);
+        return ret;
+    }
+    path = vpc_locator_kinds[kind].is_utf16 ? vhd_parent_utf16_to_utf8(raw, len, false)
+                                            : strdup((char *)raw);
+    free(raw);
+    if (!path)
+        return vimg_error_set(err, EINVAL, "Could not open '%s': parent locator %s is not "
+                              "valid UTF-16", node->filename, vpc_locator_kinds[kind].code);
+    vhd_parent_path_to_host(path);
+    *out = path;
+    return 0;
+}
+
+/*
+ * Picks the parent: the first locator (relative ones first) whose file
+ * exists, else the first one given, else the parent name of the header
+ * (next to the image). The core opens it and names it when it is missing.
+ * With none of them, the disk reads as a dynamic one, as in qemu-img.
+ */
+static int
+vpc_find_parent(struct vimg_node *node, const uint8_t *h, struct vimg_error *err)
+{
+    struct vpc_state *s = node->state;
+    char *chosen = NULL, *fallback = NULL;
+    int ret = 0;
+
+    for (size_t kind = 0; kind < sizeof(vpc_locator_kinds) / sizeof(vpc_locator_kinds[0]) &&
+                          !chosen && ret == 0; kind++) {
+        for (int i = 0; i < VPC_N_LOCATORS && !chosen && ret == 0; i++) {
+            const uint8_t *e = h + VPC_DYN_OFF_LOCATORS + i * VPC_LOCATOR_SIZE;
+            char *path;
+            if (memcmp(e + VPC_LOC_OFF_CODE, vpc_locator_kinds[kind].code, 4) != 0)
+                continue;
+            if ((ret = vpc_read_locator(node, e, kind, &path, err)) < 0 || !*path) {
+                free(path);
+                continue;
+            }
+            if (vhd_parent_exists(node->filename, path))
+                chosen = path;
+            else if (!fallback)
+                fallback = path;
+            else
+                free(path);
+        }
+    }
+    if (ret < 0) {
+        free(fallback);
+        return ret;
+    }
+    if (!chosen && fallback) {
+        chosen = fallback;
+        fallback = NULL;
+    }
+    free(fallback);
+    if (!chosen) {
+        chosen = vhd_parent_utf16_to_utf8(h + VPC_DYN_OFF_PARENT_NAME,
+                                          VPC_DYN_PARENT_NAME_SIZE, true);
+        if (chosen)
+            vhd_parent_path_to_host(chosen);
+        if (!chosen || !*chosen) {
+            /* Nothing names a parent: a dynamic disk without one, as qemu-img reads it. */
+            free(chosen);
+            s->is_differencing = false;
+            return 0;
+        }
+    }
+    if (vhd_parent_is_self(node->filename, chosen)) {
+        ret = vimg_error_set(err, ELOOP, "Could not open '%s': the differencing VHD names "
+                             "itself as its parent ('%s')", node->filename, chosen);
+        free(chosen);
+        return ret;
+    }
+    node->backing_filename = chosen;
+    /* A fixed parent probes as raw: the parent of a VHD is a VHD. */
+    if (!(node->backing_format = strdup("vpc")))
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    return 0;
+}
+
 static int
 vpc_open_dynamic(struct vimg_node *node, const struct vpc_footer *f, struct vimg_error *err)
 {
+    struct vpc_state *s = node->state;
     uint8_t h[VPC_DYN_HEADER_SIZE];
     int ret;
 
@@ -336,9 +473,11 @@ vpc_open_dynamic(struct vimg_node *node, const struct vpc_footer *f, struct vimg
         return vimg_error_set(err, EINVAL, "Error reading dynamic VHD header");
     if ((ret = vimg_node_pread_padded(node->file, f->data_offset, h, sizeof(h), err)) < 0)
         return ret;
-    if ((ret = vpc_check_dyn_header(node, h, err)) < 0)
+    if ((ret = vpc_check_dyn_header(node, h, err)) < 0 ||
+        (ret = vpc_load_bat(node, err)) < 0)
         return ret;
-    return vpc_load_bat(node, err);
+    s->is_differencing = f->disk_type == VPC_DISK_DIFFERENCING;
+    return s->is_differencing ? vpc_find_parent(node, h, err) : 0;
 }
 
 static void
@@ -456,6 +595,79 @@ vpc_read_fixed(struct vimg_node *node, uint64_t offset, uint64_t bytes,
     return vimg_node_preadv(node->file, offset, avail, part, n, 0, err);
 }
 
+/*
+ * Differencing disks: whether the sector at offset is in this file (else in
+ * the parent), where, and for how many bytes (at most max, inside one block)
+ * that holds. Sector bitmaps are MSB first: bit 7 of byte 0 is sector 0.
+ */
+static int
+vpc_diff_run(struct vimg_node *node, uint64_t offset, uint64_t max, bool *in_file,
+             uint64_t *host, uint64_t *run, struct vimg_error *err)
+{
+    struct vpc_state *s = node->state;
+    uint64_t index = offset / s->block_size, in_block = offset % s->block_size;
+    uint64_t limit = s->block_size - in_block, first, last, sec;
+    uint8_t bits[4096];
+    uint32_t entry;
+    int ret, value;
+
+    if (limit > max)
+        limit = max;
+    pthread_mutex_lock(&s->lock);
+    entry = index < s->n_bat ? s->bat[index] : VPC_BAT_UNUSED;
+    pthread_mutex_unlock(&s->lock);
+    *run = limit;
+    *in_file = false;
+    if (entry == VPC_BAT_UNUSED)
+        return 0;
+    /* The bitmap bytes for the sectors of [in_block, +limit), at most a buffer's worth. */
+    first = in_block / VPC_SECTOR_SIZE;
+    last = (in_block + limit - 1) / VPC_SECTOR_SIZE;
+    if (last / 8 - first / 8 >= sizeof(bits))
+        last = (first / 8 + sizeof(bits)) * 8 - 1;
+    ret = vimg_node_pread_padded(node->file, (uint64_t)entry * VPC_SECTOR_SIZE + first / 8,
+                                 bits, last / 8 - first / 8 + 1, err);
+    if (ret < 0)
+        return ret;
+#define VPC_BIT(n) ((bits[(n) / 8 - first / 8] >> (7 - (n) % 8)) & 1)
+    value = VPC_BIT(first);
+    for (sec = first + 1; sec <= last && VPC_BIT(sec) == value; sec++)
+        ;
+#undef VPC_BIT
+    if (sec * VPC_SECTOR_SIZE - in_block < *run)
+        *run = sec * VPC_SECTOR_SIZE - in_block;
+    *in_file = value;
+    *host = (uint64_t)entry * VPC_SECTOR_SIZE + s->bitmap_size + in_block;
+    return 0;
+}
+
+/* Reads what this file holds; sectors that come from the parent read as zeros here. */
+static int
+vpc_read_differencing(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                      const struct iovec *iov, int n_iov, struct iovec *part,
+                      struct vimg_error *err)
+{
+    uint64_t done = 0;
+    int ret = 0;
+
+    while (done < bytes && ret == 0) {
+        uint64_t host = 0, len;
+        bool in_file;
+        int n;
+
+        if ((ret = vpc_diff_run(node, offset + done, bytes - done, &in_file, &host, &len,
+                                err)) < 0)
+            break;
+        n = vpc_iov_slice(iov, n_iov, done, len, part);
+        if (in_file)
+            ret = vimg_node_preadv(node->file, host, len, part, n, 0, err);
+        else
+            vpc_iov_zero(part, n);
+        done += len;
+    }
+    return ret;
+}
+
 static int
 vpc_preadv(struct vimg_node *node, uint64_t offset, uint64_t bytes, const struct iovec *iov,
            int n_iov, unsigned flags, struct vimg_error *err)
@@ -468,8 +680,9 @@ vpc_preadv(struct vimg_node *node, uint64_t offset, uint64_t bytes, const struct
     (void)flags;
     if (!part)
         return vimg_error_set(err, ENOMEM, "Out of memory");
-    if (!s->is_dynamic) {
-        ret = vpc_read_fixed(node, offset, bytes, iov, n_iov, part, err);
+    if (!s->is_dynamic || s->is_differencing) {
+        ret = s->is_dynamic ? vpc_read_differencing(node, offset, bytes, iov, n_iov, part, err)
+                            : vpc_read_fixed(node, offset, bytes, iov, n_iov, part, err);
         free(part);
         return ret;
     }
@@ -561,6 +774,9 @@ vpc_pwritev(struct vimg_node *node, uint64_t offset, uint64_t bytes, const struc
     uint64_t done = 0;
     int ret = 0;
 
+    if (s->is_differencing)
+        return vimg_error_set(err, ENOTSUP, "Could not write to '%s': differencing VHD images "
+                              "are read-only", node->filename);
     if (!s->is_dynamic)
         return vimg_node_pwritev(node->file, offset, bytes, iov, n_iov, flags, err);
     if (!(part = malloc(sizeof(*part) * (size_t)(n_iov > 0 ? n_iov : 1))))
@@ -618,6 +834,35 @@ vpc_block_status_fixed(struct vimg_node *node, uint64_t offset, uint64_t bytes,
 }
 
 /*
+ * Differencing disks: sectors of this file are data; the others, and runs of
+ * unallocated blocks, are not allocated in this layer (the parent decides).
+ */
+static int
+vpc_block_status_differencing(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                              struct vimg_block_status *bs, struct vimg_error *err)
+{
+    struct vpc_state *s = node->state;
+    uint64_t host = 0, run;
+    bool in_file;
+    int ret;
+
+    if ((ret = vpc_diff_run(node, offset, bytes, &in_file, &host, &run, err)) < 0)
+        return ret;
+    if (in_file) {
+        bs->flags = VIMG_BS_DATA | VIMG_BS_ALLOCATED | VIMG_BS_OFFSET_VALID;
+        bs->offset = host;
+        bs->file = node->file;
+    } else {
+        if (vpc_host_offset(s, offset) == 0)
+            while (run < bytes && vpc_host_offset(s, offset + run) == 0)
+                run += s->block_size;
+        bs->flags = 0;
+    }
+    bs->bytes = run < bytes ? run : bytes;
+    return 0;
+}
+
+/*
  * Dynamic disks: an allocated block alone (its bitmap separates it from the
  * next), or a run of unallocated blocks, which read as zeros.
  */
@@ -630,6 +875,8 @@ vpc_block_status(struct vimg_node *node, uint64_t offset, uint64_t bytes,
 
     if (!s->is_dynamic)
         return vpc_block_status_fixed(node, offset, bytes, bs, err);
+    if (s->is_differencing)
+        return vpc_block_status_differencing(node, offset, bytes, bs, err);
     host = vpc_host_offset(s, offset);
     run = s->block_size - offset % s->block_size;
     if (host) {
@@ -894,6 +1141,7 @@ const struct vimg_driver vimg_vpc_driver = {
     .kind = VIMG_DRIVER_FORMAT,
     .state_size = sizeof(struct vpc_state),
     .has_zero_init = true,
+    .supports_backing = true,       /* differencing disks only */
     .strong_opts = vpc_strong_opts,
     .probe = vpc_probe,
     .open = vpc_open,
