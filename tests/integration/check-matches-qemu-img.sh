@@ -22,6 +22,11 @@ check -T bogus a.raw
 check -U a.raw
 check --image-opts driver=raw,file.filename=a.raw
 check --output=xml a.raw
+# "filename" in JSON is the name as typed, whatever form it takes.
+qemu-img create -q -f qcow2 c.qcow2 1M
+check --output=json --image-opts driver=qcow2,file.filename=c.qcow2
+check --output=json 'json:{"driver":"qcow2","file":{"driver":"file","filename":"c.qcow2"}}'
+check --output=json ./c.qcow2
 check nonexistent
 check
 check a.raw a.raw

@@ -151,7 +151,7 @@ cmd_check(int argc, char **argv)
         return 1;
     }
     if (is_json)
-        print_check_json(&result, vimg_node_filename(node), vimg_node_format(node));
+        print_check_json(&result, filename, vimg_node_format(node));
     else if (!is_quiet)
         print_check_human(&result, filename);
     vimg_close(node);
