@@ -24,7 +24,9 @@ for round in 1 2 3 4 5; do
     "$VIMG" create -q -f vhdx -o block_size=1M,log_size=1M img.vhdx $((n_writes))M ||
         fail "create"
     : >out
-    stdbuf -o0 "$VIMG_IO" img.vhdx <cmds >out 2>&1 &
+    # stdbuf preloads a library: let an ASan build start behind it.
+    ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 \
+        stdbuf -o0 "$VIMG_IO" img.vhdx <cmds >out 2>&1 &
     pid=$!
     # Kill once a different number of writes has gone through in each round.
     want=$((round * 35 - 20))   # past 128 entries, the log (1 MiB) wraps

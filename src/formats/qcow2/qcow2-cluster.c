@@ -426,7 +426,9 @@ qcow2_free_entry_target(struct vimg_node *node, uint64_t entry, struct vimg_erro
  * guest's data and the rest copy-on-write. Like QEMU, a new cluster whose
  * copied parts are all zeros is zeroed cheaply in the file (a hole or an
  * unwritten extent) and only the guest's data is written. An encrypted
- * image's buf is encrypted in place.
+ * image's buf is encrypted in place. The lock is held, so the writes may
+ * extend the file themselves: every write outside the lock goes to a part
+ * of the file grown under it.
  */
 static int
 qcow2_write_new_cluster(struct vimg_node *node, uint64_t cl, uint64_t host, uint64_t start,
@@ -443,7 +445,7 @@ qcow2_write_new_cluster(struct vimg_node *node, uint64_t cl, uint64_t host, uint
         if ((ret = qcow2_crypt_buf(node, true, host + start, cl + start, buf,
                                    end - start, err)) < 0)
             return ret;
-        return qcow2_pwrite_file(data, host + start, buf, end - start, err);
+        return vimg_node_pwrite(data, host + start, buf, end - start, 0, err);
     }
     /* Not past the end of the disk: QEMU copies that part as data. */
     if (is_new && (in > start || in + len < end) && cl + end <= s->hdr.size &&
@@ -451,8 +453,8 @@ qcow2_write_new_cluster(struct vimg_node *node, uint64_t cl, uint64_t host, uint
         vimg_buffer_is_zero(buf + (in + len - start), end - (in + len)) &&
         vimg_node_pwrite_zeroes(data, host + start, end - start, VIMG_REQ_NO_FALLBACK,
                                 &zerr) == 0)
-        return qcow2_pwrite_file(data, host + in, buf + (in - start), len, err);
-    return qcow2_pwrite_file(data, host + start, buf, end - start, err);
+        return vimg_node_pwrite(data, host + in, buf + (in - start), len, 0, err);
+    return vimg_node_pwrite(data, host + start, buf, end - start, 0, err);
 }
 
 static int
@@ -510,6 +512,103 @@ qcow2_write_alloc(struct vimg_node *node, uint64_t cl, uint64_t in, uint64_t len
     return is_reuse ? 0 : qcow2_free_entry_target(node, entry, err);
 }
 
+static int qcow2_drop_entry_ref(struct vimg_node *node, uint64_t entry,
+                                struct vimg_error *err);
+
+/*
+ * How many whole clusters from cl on (at most max, all in cl's L2 table)
+ * need a new host cluster: none of them is a cluster of ours already.
+ */
+static int
+qcow2_count_alloc_run(struct vimg_node *node, uint64_t cl, uint64_t max, uint64_t *n,
+                      struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t index = (cl / s->cluster_size) % s->l2_entries, i;
+    uint8_t *l2;
+    int ret;
+
+    *n = 0;
+    if ((ret = qcow2_get_l2(node, cl, true, &l2, err)) < 0)
+        return ret;
+    for (i = 0; i < max && index + i < s->l2_entries; i++) {
+        uint64_t entry = qcow2_l2_entry(s, l2, index + i);
+        if (qcow2_entry_has_host(s, entry) && (entry & QCOW2_OFLAG_COPIED))
+            break;
+    }
+    *n = i;
+    return 0;
+}
+
+/*
+ * Allocating write of n whole clusters from guest offset cl, all in one L2
+ * table. Under the lock: one run of host clusters and the file grown over
+ * it (so no later growth can cut a write that is still going on). Outside
+ * it: the data (encrypted, with the host offset as IV for LUKS), one write
+ * for the run. Then the L2 entries, which the cache writes only after the
+ * refcounts. What the entries held before is freed after them, with one
+ * flush for the whole run; a concurrent write of the same clusters loses
+ * its clusters that way too, so none leaks.
+ */
+static int
+qcow2_write_alloc_run(struct vimg_node *node, uint64_t cl, uint64_t n, const struct iovec *iov,
+                      int n_iov, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t index = (cl / s->cluster_size) % s->l2_entries;
+    uint64_t bytes = n * s->cluster_size, host;
+    uint64_t *old = malloc(n * sizeof(*old));
+    bool has_old = false;
+    uint8_t *l2, *buf = NULL;
+    int ret;
+
+    if (!old)
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    if (s->crypt && !(buf = malloc(bytes))) {
+        free(old);
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    }
+    if ((ret = qcow2_alloc_clusters(node, n, &host, err)) < 0)
+        goto out;
+    if ((ret = qcow2_grow_file(node->file, host + bytes, err)) < 0) {
+        qcow2_update_refcount(node, host, bytes, -1, &(struct vimg_error){ 0 });
+        goto out;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (buf) {
+        /* Contiguous in both guest and host: one pass of the cipher does the run. */
+        vimg_iov_to_buf(iov, n_iov, 0, buf, bytes);
+        ret = qcow2_crypt_buf(node, true, host, cl, buf, bytes, err);
+        if (ret == 0)
+            ret = vimg_node_pwrite(node->file, host, buf, bytes, 0, err);
+    } else {
+        ret = vimg_node_pwritev(node->file, host, bytes, iov, n_iov, 0, err);
+    }
+    pthread_mutex_lock(&s->lock);
+    if (ret < 0) {
+        /* Nothing points at the run yet: it goes back to the free clusters. */
+        qcow2_update_refcount(node, host, bytes, -1, &(struct vimg_error){ 0 });
+        goto out;
+    }
+    /* The cache may have moved while we allocated: find the table again. */
+    if ((ret = qcow2_get_l2(node, cl, true, &l2, err)) < 0)
+        goto out;
+    for (uint64_t i = 0; i < n; i++) {
+        old[i] = qcow2_l2_entry(s, l2, index + i);
+        has_old |= (old[i] & (QCOW2_OFFSET_MASK | QCOW2_OFLAG_COMPRESSED)) != 0;
+        qcow2_set_l2(s, l2, index + i, (host + i * s->cluster_size) | QCOW2_OFLAG_COPIED,
+                     UINT64_C(0xffffffff));
+    }
+    if (has_old && (ret = qcow2_flush_metadata(node, err)) == 0)
+        ret = vimg_node_flush(node->file, err);
+    for (uint64_t i = 0; has_old && ret == 0 && i < n; i++)
+        ret = qcow2_drop_entry_ref(node, old[i], err);
+out:
+    free(buf);
+    free(old);
+    return ret;
+}
+
 static int
 qcow2_write_locked(struct vimg_node *node, uint64_t offset, uint64_t bytes,
                    const struct iovec *iov, int n_iov, struct vimg_error *err)
@@ -527,9 +626,41 @@ qcow2_write_locked(struct vimg_node *node, uint64_t offset, uint64_t bytes,
         struct iovec *sub;
         int n_sub, ret;
 
+        ret = qcow2_in_place_target(node, cl, in, len, &is_in_place, &host, err);
+        if (ret < 0)
+            return ret;
+        if (!is_in_place && !s->has_data_file && in == 0 && len == s->cluster_size) {
+            uint64_t n;
+            if ((ret = qcow2_count_alloc_run(node, cl, (bytes - done) / s->cluster_size, &n,
+                                             err)) < 0)
+                return ret;
+            if (n > 1) {
+                len = n * s->cluster_size;
+                if (vimg_iov_slice(iov, n_iov, done, len, &sub, &n_sub) < 0)
+                    return vimg_error_set(err, ENOMEM, "Out of memory");
+                ret = qcow2_write_alloc_run(node, cl, n, sub, n_sub, err);
+                free(sub);
+                if (ret < 0)
+                    return ret;
+                done += len;
+                continue;
+            }
+        }
+        /* The clusters after it that are ours and follow it in the file: one write for all. */
+        while (is_in_place && (in + len) % s->cluster_size == 0 && done + len < bytes) {
+            uint64_t next = bytes - done - len < s->cluster_size ? bytes - done - len
+                                                                 : s->cluster_size;
+            uint64_t host2;
+            bool is_next;
+            if ((ret = qcow2_in_place_target(node, pos + len, 0, next, &is_next, &host2,
+                                             err)) < 0)
+                return ret;
+            if (!is_next || host2 != host + len)
+                break;
+            len += next;
+        }
         if (vimg_iov_slice(iov, n_iov, done, len, &sub, &n_sub) < 0)
             return vimg_error_set(err, ENOMEM, "Out of memory");
-        ret = qcow2_in_place_target(node, cl, in, len, &is_in_place, &host, err);
         if (ret == 0 && is_in_place)
             ret = qcow2_grow_file(qcow2_data_node(node), host + len, err);
         if (ret == 0 && is_in_place) {

@@ -248,7 +248,8 @@ qcow2_store_compressed(struct vimg_node *node, uint64_t cl, const uint8_t *data,
                               "allocated already (L2 entry 0x%" PRIx64 ")", cl, entry);
     if ((ret = qcow2_alloc_bytes(node, size, &host, err)) < 0)
         return ret;
-    if ((ret = qcow2_pwrite_file(node->file, host, data, size, err)) < 0)
+    /* Under the lock, so the write may extend the file itself (no fstat and ftruncate). */
+    if ((ret = vimg_node_pwrite(node->file, host, data, size, 0, err)) < 0)
         return ret;
     /* The cache may have moved while we allocated: find the table again. */
     if ((ret = qcow2_get_l2(node, cl, true, &l2, err)) < 0)

@@ -89,7 +89,13 @@ qcow2_read_meta(struct vimg_node *file, uint64_t offset, void *buf, uint64_t len
     return vimg_node_pread(file, offset, buf, in_file, 0, err);
 }
 
-/* Only ever called under the state's lock (or before the image is shared), so growth is ordered. */
+/*
+ * Only ever called under the state's lock (or before the image is shared),
+ * so growth is ordered. Writes done outside the lock (in-place writes, the
+ * data of a run of new clusters) stay inside a part of the file grown under
+ * it, so no fstat here can miss one and no ftruncate here can cut one;
+ * writes under the lock may extend the file themselves.
+ */
 int
 qcow2_grow_file(struct vimg_node *file, uint64_t end, struct vimg_error *err)
 {
