@@ -207,6 +207,20 @@ const struct vimg_driver *vimg_protocol_for(const char *filename);
 /* The protocol for a filename without "driver": URI prefix, device, else "file". */
 const struct vimg_driver *vimg_protocol_guess(const char *filename);
 void vimg_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* URI pieces (core/uri.c). The value of a hex digit, or -1. */
+int vimg_hex_digit(char c);
+/* A malloc'd copy of [s, s + len) with %XX escapes decoded (a bad one is kept as
+ * it stands), or NULL when out of memory. */
+char *vimg_uri_decode(const char *s, size_t len);
+/* Splits the authority [auth, auth + len), without any user@, into HOST[:PORT] or
+ * [V6HOST][:PORT]: *host and *host_len without the brackets; *port just past the
+ * colon (running to auth + len, maybe empty) or NULL without one. -1 when a
+ * bracket is not closed or is followed by anything but ':'. */
+int vimg_uri_split_host(const char *auth, size_t len, const char **host, size_t *host_len,
+                        const char **port);
+/* A socket connected to HOST:PORT (TCP, close-on-exec), or a negative errno with err
+ * set to qemu-img's words (core/net.c). */
+int vimg_tcp_connect(const char *host, const char *port, struct vimg_error *err);
 
 /* Preallocation modes, in the order of QEMU's PreallocMode enum. */
 enum vimg_prealloc {

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/driver.h"
 #include "formats/vhd-parent.h"
 
 static unsigned
@@ -59,18 +60,6 @@ bad:
     return NULL;
 }
 
-static int
-hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 void
 vhd_parent_path_to_host(char *s)
 {
@@ -84,9 +73,9 @@ vhd_parent_path_to_host(char *s)
             return;
         }
         while (*r) {
-            if (r[0] == '%' && hex_value(r[1]) >= 0 && hex_value(r[2]) >= 0 &&
-                (hex_value(r[1]) | hex_value(r[2])) != 0) {
-                *w++ = (char)(hex_value(r[1]) << 4 | hex_value(r[2]));
+            if (r[0] == '%' && vimg_hex_digit(r[1]) >= 0 && vimg_hex_digit(r[2]) >= 0 &&
+                (vimg_hex_digit(r[1]) | vimg_hex_digit(r[2])) != 0) {
+                *w++ = (char)(vimg_hex_digit(r[1]) << 4 | vimg_hex_digit(r[2]));
                 r += 3;
             } else {
                 *w++ = *r++;

@@ -11,7 +11,6 @@
  * or over a unix socket, only the CA is checked.
  */
 #include <errno.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,10 +21,13 @@
 #include <vimg/object.h>
 
 #include "config.h"
+#include "core/driver.h"
 #include "nbd/internal.h"
 
 #ifdef VIMG_HAVE_LIBNBD
 #include <libnbd.h>
+
+#include "nbd/libnbd-client.h"
 
 struct nbd_list_acc {
     struct vimg_nbd_export_info *items;
@@ -118,46 +120,6 @@ nbd_list_info(struct nbd_handle *h, struct vimg_nbd_export_info *info, struct vi
     return 0;
 }
 
-/* libnbd tells the server's message for a refused option only in its debug output. */
-static int
-nbd_list_debug(void *user_data, const char *context, const char *msg)
-{
-    static const char key[] = "server error message: ";
-    char *saved = user_data;
-    const char *p = strstr(msg, key);
-
-    (void)context;
-    if (p)
-        snprintf(saved, VIMG_ERROR_MSG_MAX, "%s", p + strlen(key));
-    return 0;
-}
-
-static int
-nbd_list_tcp_fd(const char *host, const char *port, struct vimg_error *err)
-{
-    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *res, *ai;
-    int fd = -1, e = ECONNREFUSED, r;
-
-    if ((r = getaddrinfo(host, port, &hints, &res)) != 0)
-        return vimg_error_set(err, EHOSTUNREACH, "address resolution failed for %s:%s: %s",
-                              host, port, gai_strerror(r));
-    for (ai = res; ai && fd < 0; ai = ai->ai_next) {
-        if ((fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol)) < 0) {
-            e = errno;
-            continue;
-        }
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
-            e = errno;
-            close(fd);
-            fd = -1;
-        }
-    }
-    freeaddrinfo(res);
-    if (fd < 0)
-        return vimg_error_set(err, e, "Failed to connect to '%s:%s': %s", host, port,
-                              strerror(e));
-    return fd;
-}
 
 static int
 nbd_list_unix_fd(const char *path, struct vimg_error *err)
@@ -177,31 +139,6 @@ nbd_list_unix_fd(const char *path, struct vimg_error *err)
         return vimg_error_set(err, e, "Failed to connect to '%s': %s", path, strerror(e));
     }
     return fd;
-}
-
-/* Asks libnbd for TLS with the client credentials c. */
-static int
-nbd_list_setup_tls(struct nbd_handle *h, const struct vimg_tls_creds *c,
-                   struct vimg_error *err)
-{
-    char path[4096];
-    int r;
-
-    r = nbd_set_tls(h, LIBNBD_TLS_REQUIRE);
-    if (r == 0 && c->type == VIMG_TLS_CREDS_PSK) {
-        snprintf(path, sizeof(path), "%s/keys.psk", c->dir);
-        r = nbd_set_tls_psk_file(h, path);
-        if (r == 0)
-            r = nbd_set_tls_username(h, c->username ? c->username : "qemu");
-    } else if (r == 0) {
-        r = nbd_set_tls_certificates(h, c->dir);
-        if (r == 0)
-            r = nbd_set_tls_verify_peer(h, c->verify_peer);
-    }
-    if (r < 0)
-        return vimg_error_set(err, nbd_get_errno() ? nbd_get_errno() : EIO, "%s",
-                              nbd_get_error());
-    return 0;
 }
 
 /* The connection failed during the handshake: qemu-nbd's words where we know them. */
@@ -235,8 +172,9 @@ nbd_list_connect(struct nbd_handle *h, const char *host, const char *port, const
 
     if (nbd_set_opt_mode(h, true) < 0 || nbd_set_full_info(h, true) < 0)
         return vimg_error_set(err, EIO, "%s", nbd_get_error());
-    if (tls && (ret = nbd_list_setup_tls(h, tls, err)) < 0)
-        return ret;
+    if (tls && vimg_nbd_client_set_tls(h, tls) < 0)
+        return vimg_error_set(err, nbd_get_errno() ? nbd_get_errno() : EIO, "%s",
+                              nbd_get_error());
     if (tls && !tls_hostname && !path) {
         /* libnbd checks the certificate against the host it connects to itself. */
         if (nbd_connect_tcp(h, host, port) == 0)
@@ -248,7 +186,7 @@ nbd_list_connect(struct nbd_handle *h, const char *host, const char *port, const
         return vimg_error_set(err, ret, "Failed to connect to '%s:%s': %s", host, port,
                               strerror(ret));
     }
-    fd = path ? nbd_list_unix_fd(path, err) : nbd_list_tcp_fd(host, port, err);
+    fd = path ? nbd_list_unix_fd(path, err) : vimg_tcp_connect(host, port, err);
     if (fd < 0)
         return fd;
     return nbd_connect_socket(h, fd) < 0 ? -1 : 0;     /* -1: the handshake failed */
@@ -263,7 +201,8 @@ vimg_nbd_list_tls(const char *host, const char *port, const char *path, const ch
     struct nbd_list_acc acc = { 0 };
     nbd_list_callback cb = { .callback = nbd_list_export, .user_data = &acc };
     char server_msg[VIMG_ERROR_MSG_MAX] = "";
-    nbd_debug_callback dcb = { .callback = nbd_list_debug, .user_data = server_msg };
+    nbd_debug_callback dcb = { .callback = vimg_nbd_client_debug_capture,
+                               .user_data = server_msg };
     struct vimg_tls_creds creds;
     bool has_tls = false;
     int ret = 0;

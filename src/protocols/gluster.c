@@ -100,20 +100,12 @@ gluster_bad_uri(const char *uri, struct vimg_error *err)
 static int
 gluster_parse_authority(const char *auth, size_t len, struct gluster_server *sv)
 {
-    const char *end = auth + len, *port = NULL;
+    const char *end = auth + len, *host, *port;
+    size_t host_len;
 
-    if (len && auth[0] == '[') {
-        const char *close = memchr(auth, ']', len);
-        if (!close || (close + 1 < end && close[1] != ':'))
-            return -1;
-        sv->host = strndup(auth + 1, (size_t)(close - auth - 1));
-        port = close + 1 < end ? close + 2 : NULL;
-    } else {
-        const char *colon = memchr(auth, ':', len);
-        sv->host = len ? strndup(auth, (size_t)((colon ? colon : end) - auth))
-                       : strdup("localhost");
-        port = colon ? colon + 1 : NULL;
-    }
+    if (vimg_uri_split_host(auth, len, &host, &host_len, &port) < 0)
+        return -1;
+    sv->host = len ? strndup(host, host_len) : strdup("localhost");
     if (port) {
         if (port == end)
             return -1;

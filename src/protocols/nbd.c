@@ -24,7 +24,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <libnbd.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +34,7 @@
 #include <vimg/object.h>
 
 #include "core/driver.h"
+#include "nbd/libnbd-client.h"
 
 #define NBD_DEFAULT_PORT     "10809"
 #define NBD_MAX_CONNS        4
@@ -80,67 +80,15 @@ nbd_addr_free(struct nbd_addr *a)
     memset(a, 0, sizeof(*a));
 }
 
-static int
-nbd_hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* A malloc'd copy of [s, s + len) with %XX escapes decoded, or NULL. */
-static char *
-nbd_uri_decode(const char *s, size_t len)
-{
-    char *out = malloc(len + 1), *o = out;
-
-    if (!out)
-        return NULL;
-    for (size_t i = 0; i < len; i++) {
-        int hi, lo;
-        if (s[i] == '%' && i + 2 < len &&
-            (hi = nbd_hex_digit(s[i + 1])) >= 0 && (lo = nbd_hex_digit(s[i + 2])) >= 0) {
-            *o++ = (char)(hi * 16 + lo);
-            i += 2;
-        } else {
-            *o++ = s[i];
-        }
-    }
-    *o = '\0';
-    return out;
-}
-
 /* host[:port] of a URI authority; IPv6 hosts in brackets. */
 static int
 nbd_parse_authority(const char *auth, size_t len, struct nbd_addr *a)
 {
-    const char *port = NULL, *host = auth;
-    size_t host_len = len;
+    const char *port, *host;
+    size_t host_len;
     unsigned long n = 0;
 
-    if (len && auth[0] == '[') {
-        const char *close = memchr(auth, ']', len);
-        if (!close)
-            return -1;
-        host = auth + 1;
-        host_len = (size_t)(close - host);
-        if (close + 1 < auth + len) {
-            if (close[1] != ':')
-                return -1;
-            port = close + 2;
-        }
-    } else {
-        const char *colon = memchr(auth, ':', len);
-        if (colon) {
-            host_len = (size_t)(colon - auth);
-            port = colon + 1;
-        }
-    }
-    if (host_len == 0)
+    if (vimg_uri_split_host(auth, len, &host, &host_len, &port) < 0 || host_len == 0)
         return -1;
     if (port) {
         for (const char *p = port; p < auth + len; p++) {
@@ -170,8 +118,8 @@ nbd_parse_uri(const char *rest, bool is_unix, struct nbd_addr *a, struct vimg_er
     if (strchr(path, '#'))
         goto invalid;
     a->is_unix = is_unix;
-    a->export_name = *path == '/' ? nbd_uri_decode(path + 1, (query ? (size_t)(query - path)
-                                                                    : strlen(path)) - 1)
+    a->export_name = *path == '/' ? vimg_uri_decode(path + 1, (query ? (size_t)(query - path)
+                                                                     : strlen(path)) - 1)
                                   : strdup("");
     if (!a->export_name)
         goto invalid;
@@ -179,7 +127,7 @@ nbd_parse_uri(const char *rest, bool is_unix, struct nbd_addr *a, struct vimg_er
         if (auth_len != 0 || !query || strncmp(query + 1, "socket=", 7) != 0 ||
             strchr(query + 1, '&'))
             goto invalid;
-        a->path = nbd_uri_decode(query + 8, strlen(query + 8));
+        a->path = vimg_uri_decode(query + 8, strlen(query + 8));
         if (!a->path)
             goto invalid;
         return 0;
@@ -320,78 +268,16 @@ nbd_connect_unix_fd(const struct nbd_addr *a, struct vimg_error *err)
     return fd;
 }
 
-static int
-nbd_connect_inet_fd(const struct nbd_addr *a, struct vimg_error *err)
-{
-    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
-    struct addrinfo *res, *ai;
-    int fd = -1, e = ECONNREFUSED, r;
-
-    r = getaddrinfo(a->host, a->port, &hints, &res);
-    if (r != 0)
-        return vimg_error_set(err, EHOSTUNREACH, "address resolution failed for %s:%s: %s",
-                              a->host, a->port, gai_strerror(r));
-    for (ai = res; ai; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-        if (fd < 0) {
-            e = errno;
-            continue;
-        }
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
-            break;
-        e = errno;
-        close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(res);
-    if (fd < 0)
-        return vimg_error_set(err, e, "Failed to connect to '%s:%s': %s", a->host, a->port,
-                              strerror(e));
-    return fd;
-}
-
-/* libnbd tells the server's message for a refused option only in its debug output. */
-static int
-nbd_debug_capture(void *user_data, const char *context, const char *msg)
-{
-    static const char key[] = "server error message: ";
-    char *saved = user_data;
-    const char *p = strstr(msg, key);
-
-    (void)context;
-    if (p)
-        snprintf(saved, VIMG_ERROR_MSG_MAX, "%s", p + strlen(key));
-    return 0;
-}
-
-/* Asks libnbd for TLS with the client credentials; libnbd returns -1 with its error set. */
-static int
-nbd_setup_tls(struct nbd_handle *h, const struct nbd_addr *a)
-{
-    const struct vimg_tls_creds *c = &a->tls;
-    char path[4096];
-
-    if (!a->has_tls)
-        return 0;
-    if (nbd_set_tls(h, LIBNBD_TLS_REQUIRE) < 0)
-        return -1;
-    if (c->type == VIMG_TLS_CREDS_PSK) {
-        snprintf(path, sizeof(path), "%s/keys.psk", c->dir);
-        return nbd_set_tls_psk_file(h, path) < 0 ||
-               nbd_set_tls_username(h, c->username ? c->username : "qemu") < 0 ? -1 : 0;
-    }
-    return nbd_set_tls_certificates(h, c->dir) < 0 ||
-           nbd_set_tls_verify_peer(h, c->verify_peer) < 0 ? -1 : 0;
-}
 
 static int
 nbd_go(struct nbd_handle *h, const struct nbd_addr *a, struct vimg_error *err)
 {
     char server_msg[VIMG_ERROR_MSG_MAX] = "";
-    nbd_debug_callback cb = { .callback = nbd_debug_capture, .user_data = server_msg };
+    nbd_debug_callback cb = { .callback = vimg_nbd_client_debug_capture,
+                              .user_data = server_msg };
     int fd, ret = 0;
 
-    fd = a->is_unix ? nbd_connect_unix_fd(a, err) : nbd_connect_inet_fd(a, err);
+    fd = a->is_unix ? nbd_connect_unix_fd(a, err) : vimg_tcp_connect(a->host, a->port, err);
     if (fd < 0)
         return fd;
     /* Buffers are filled by the server; libnbd need not clear them first. */
@@ -399,7 +285,8 @@ nbd_go(struct nbd_handle *h, const struct nbd_addr *a, struct vimg_error *err)
         nbd_set_pread_initialize(h, false) < 0 ||
         nbd_add_meta_context(h, NBD_CONTEXT_ALLOC) < 0 ||
         nbd_set_debug_callback(h, cb) < 0 || nbd_set_debug(h, true) < 0 ||
-        nbd_setup_tls(h, a) < 0 || nbd_connect_socket(h, fd) < 0) {
+        (a->has_tls && vimg_nbd_client_set_tls(h, &a->tls) < 0) ||
+        nbd_connect_socket(h, fd) < 0) {
         int e = nbd_get_errno() ? nbd_get_errno() : EIO;
         return vimg_error_set(err, e, "%s", nbd_get_error());
     }

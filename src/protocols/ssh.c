@@ -23,7 +23,6 @@
 #include <inttypes.h>
 #include <libssh/libssh.h>
 #include <libssh/sftp.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pwd.h>
@@ -97,37 +96,6 @@ ssh_oom(struct vimg_error *err)
     return vimg_error_set(err, ENOMEM, "Out of memory");
 }
 
-static int
-ssh_hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = (char)tolower((unsigned char)c);
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
-/* A malloc'd copy of [s, s + len) with %XX escapes decoded, or NULL. */
-static char *
-ssh_uri_decode(const char *s, size_t len)
-{
-    char *out = malloc(len + 1), *o = out;
-
-    if (!out)
-        return NULL;
-    for (size_t i = 0; i < len; i++) {
-        int hi, lo;
-        if (s[i] == '%' && i + 2 < len &&
-            (hi = ssh_hex_digit(s[i + 1])) >= 0 && (lo = ssh_hex_digit(s[i + 2])) >= 0) {
-            *o++ = (char)(hi * 16 + lo);
-            i += 2;
-        } else {
-            *o++ = s[i];
-        }
-    }
-    *o = '\0';
-    return out;
-}
-
 /* Parses "yes", "no" or "TYPE:HEX" into c; QEMU's words when it is none of them. */
 static int
 ssh_parse_legacy_check(const char *v, struct ssh_conf *c, struct vimg_error *err)
@@ -166,26 +134,18 @@ ssh_parse_legacy_check(const char *v, struct ssh_conf *c, struct vimg_error *err
 static int
 ssh_parse_authority(const char *auth, size_t len, struct ssh_conf *c)
 {
-    const char *at = memchr(auth, '@', len), *host, *end = auth + len, *port = NULL;
+    const char *at = memchr(auth, '@', len), *host, *end = auth + len, *port;
+    size_t host_len;
 
     if (at) {
-        c->user = ssh_uri_decode(auth, (size_t)(at - auth));
+        c->user = vimg_uri_decode(auth, (size_t)(at - auth));
         if (!c->user)
             return -1;
         auth = at + 1;
     }
-    host = auth;
-    if (*host == '[') {
-        const char *close = memchr(host, ']', (size_t)(end - host));
-        if (!close || (close + 1 < end && close[1] != ':'))
-            return -1;
-        c->host = strndup(host + 1, (size_t)(close - host - 1));
-        port = close + 1 < end ? close + 2 : NULL;
-    } else {
-        const char *colon = memchr(host, ':', (size_t)(end - host));
-        c->host = strndup(host, (size_t)((colon ? colon : end) - host));
-        port = colon ? colon + 1 : NULL;
-    }
+    if (vimg_uri_split_host(auth, (size_t)(end - auth), &host, &host_len, &port) < 0)
+        return -1;
+    c->host = strndup(host, host_len);
     if (port && port < end) {
         for (const char *p = port; p < end; p++)
             if (*p < '0' || *p > '9')
@@ -202,7 +162,7 @@ ssh_parse_query(const char *q, struct ssh_conf *c, struct vimg_error *err)
     while (q && *q) {
         size_t len = strcspn(q, "&");
         if (len > 15 && strncmp(q, "host_key_check=", 15) == 0) {
-            char *v = ssh_uri_decode(q + 15, len - 15);
+            char *v = vimg_uri_decode(q + 15, len - 15);
             int ret;
             if (!v)
                 return ssh_oom(err);
@@ -236,7 +196,7 @@ ssh_parse_uri(const char *uri, struct ssh_conf *c, struct vimg_error *err)
         return vimg_error_set(err, EINVAL, "missing hostname in URI");
     if (*path != '/' || path[1] == '?' || path[1] == '\0' || path[1] == '#')
         return vimg_error_set(err, EINVAL, "missing remote path in URI");
-    c->path = ssh_uri_decode(path, query ? (size_t)(query - path) : strcspn(path, "#"));
+    c->path = vimg_uri_decode(path, query ? (size_t)(query - path) : strcspn(path, "#"));
     if (!c->path)
         return ssh_oom(err);
     c->mode = SSH_CHECK_KNOWN_HOSTS;
@@ -357,34 +317,11 @@ ssh_conf_defaults(struct ssh_conf *c, struct vimg_error *err)
 static int
 ssh_connect_fd(const struct ssh_conf *c, struct vimg_error *err)
 {
-    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
-    struct addrinfo *res, *ai;
-    int fd = -1, e = ECONNREFUSED, r;
+    int fd = vimg_tcp_connect(c->host, c->port, err), one = 1;
 
-    r = getaddrinfo(c->host, c->port, &hints, &res);
-    if (r != 0)
-        return vimg_error_set(err, EHOSTUNREACH, "address resolution failed for %s:%s: %s",
-                              c->host, c->port, gai_strerror(r));
-    for (ai = res; ai; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-        if (fd < 0) {
-            e = errno;
-            continue;
-        }
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
-            /* Each SFTP request waits for its reply: Nagle would hold back its tail. */
-            int one = 1;
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-            break;
-        }
-        e = errno;
-        close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(res);
-    if (fd < 0)
-        return vimg_error_set(err, e, "Failed to connect to '%s:%s': %s", c->host, c->port,
-                              strerror(e));
+    /* Each SFTP request waits for its reply: Nagle would hold back its tail. */
+    if (fd >= 0)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     return fd;
 }
 

@@ -7,21 +7,10 @@
 # with x-dirty-bitmap print the same for both servers, also after writes to
 # a writable export with an enabled bitmap. Option errors print the same.
 source "$(dirname "$0")/lib.sh"
+source "$LIB_DIR/nbd-lib.sh"
 need qemu-img qemu-io qemu-nbd nbdinfo
 [ -x "$VIMG_NBD" ] || fail "vimg-nbd not built"
 
-wait_sock() {
-    for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.05; done
-    fail "no server on $1"
-}
-start() {
-    local name=$1 tool=$2; shift 2
-    rm -f "$TESTDIR/$name.sock"
-    "$tool" -t -k "$TESTDIR/$name.sock" "$@" & eval "${name}_pid=$!"
-    on_exit "kill $!"
-    wait_sock "$TESTDIR/$name.sock"
-}
-stop() { eval "kill \$${1}_pid; wait \$${1}_pid 2>/dev/null"; }
 uri() { echo "nbd+unix:///?socket=$TESTDIR/$1.sock"; }
 # both ARGS -- CMD...: each server with ARGS; CMD with @U replaced by its URI and @P by its
 # socket prints the same.

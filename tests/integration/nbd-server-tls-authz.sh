@@ -9,48 +9,14 @@
 # (x509 over a unix socket and TCP, PSK) as qemu-nbd -L --tls-creds does,
 # errors included.
 source "$(dirname "$0")/lib.sh"
+source "$LIB_DIR/nbd-lib.sh"
 need qemu-img qemu-nbd certtool
 [ -x "$VIMG_NBD" ] || fail "vimg-nbd not built"
 
-# mkpki DIR: a CA, a server certificate for localhost and a client certificate.
-mkpki() {
-    local d=$1
-    mkdir -p "$d/server" "$d/client"
-    certtool --generate-privkey --key-type=ecdsa --outfile "$d/ca-key.pem" 2>/dev/null
-    printf 'cn = Test CA\nca\ncert_signing_key\nexpiration_days = 2\n' >"$d/ca.info"
-    certtool --generate-self-signed --load-privkey "$d/ca-key.pem" --template "$d/ca.info" \
-        --outfile "$d/ca-cert.pem" 2>/dev/null
-    printf 'cn = localhost\ndns_name = localhost\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 2\n' \
-        >"$d/server.info"
-    printf 'cn = client\norganization = Acme Ltd\ncountry = GB\ntls_www_client\nencryption_key\nsigning_key\nexpiration_days = 2\n' \
-        >"$d/client.info"
-    for who in server client; do
-        certtool --generate-privkey --key-type=ecdsa --outfile "$d/$who/$who-key.pem" 2>/dev/null
-        certtool --generate-certificate --load-ca-certificate "$d/ca-cert.pem" \
-            --load-ca-privkey "$d/ca-key.pem" --load-privkey "$d/$who/$who-key.pem" \
-            --template "$d/$who.info" --outfile "$d/$who/$who-cert.pem" 2>/dev/null
-        cp "$d/ca-cert.pem" "$d/$who/"
-    done
-    [ -s "$d/client/client-cert.pem" ] || fail "certtool made no certificates"
-}
-wait_sock() {
-    for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done
-    fail "no server on $1"
-}
-# start NAME TOOL ARGS...: a persistent server on $TESTDIR/NAME.sock, stopped on exit.
-start() {
-    local name=$1 tool=$2; shift 2
-    rm -f "$TESTDIR/$name.sock"
-    "$tool" -t -k "$TESTDIR/$name.sock" "$@" 2>"$name.log" & eval "${name}_pid=$!"
-    on_exit "kill $! 2>/dev/null"
-    wait_sock "$TESTDIR/$name.sock"
-}
-stop() { eval "kill \$${1}_pid; wait \$${1}_pid 2>/dev/null"; }
-
-mkpki pki
-mkpki other
-mkdir psk
-echo "alice:$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" >psk/keys.psk
+# The client's DN: C=GB,O=Acme Ltd,CN=client.
+mkpki pki 'organization = Acme Ltd\ncountry = GB\n'
+mkpki other 'organization = Acme Ltd\ncountry = GB\n'
+mkpsk psk
 qemu-img create -q -f raw img.raw 1M
 X509="tls-creds-x509,id=tls0,dir=$TESTDIR/pki/server,endpoint=server"
 CLI=(--object "tls-creds-x509,id=c0,dir=$TESTDIR/pki/client,endpoint=client")

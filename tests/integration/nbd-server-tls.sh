@@ -7,43 +7,10 @@
 # a client with a certificate from another CA is refused; and vimg's nbd
 # driver (tls-creds=ID) reads from qemu-nbd and vimg-nbd over TLS.
 source "$(dirname "$0")/lib.sh"
+source "$LIB_DIR/nbd-lib.sh"
 need qemu-img qemu-io qemu-nbd nbdinfo certtool
 [ -x "$VIMG_NBD" ] || fail "vimg-nbd not built"
 
-# mkpki DIR: a CA, a server certificate for localhost and a client certificate.
-mkpki() {
-    local d=$1
-    mkdir -p "$d/server" "$d/client"
-    certtool --generate-privkey --key-type=ecdsa --outfile "$d/ca-key.pem" 2>/dev/null
-    printf 'cn = Test CA\nca\ncert_signing_key\nexpiration_days = 2\n' >"$d/ca.info"
-    certtool --generate-self-signed --load-privkey "$d/ca-key.pem" --template "$d/ca.info" \
-        --outfile "$d/ca-cert.pem" 2>/dev/null
-    printf 'cn = localhost\ndns_name = localhost\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 2\n' \
-        >"$d/server.info"
-    printf 'cn = client\ntls_www_client\nencryption_key\nsigning_key\nexpiration_days = 2\n' \
-        >"$d/client.info"
-    for who in server client; do
-        certtool --generate-privkey --key-type=ecdsa --outfile "$d/$who/$who-key.pem" 2>/dev/null
-        certtool --generate-certificate --load-ca-certificate "$d/ca-cert.pem" \
-            --load-ca-privkey "$d/ca-key.pem" --load-privkey "$d/$who/$who-key.pem" \
-            --template "$d/$who.info" --outfile "$d/$who/$who-cert.pem" 2>/dev/null
-        cp "$d/ca-cert.pem" "$d/$who/"
-    done
-    [ -s "$d/client/client-cert.pem" ] || fail "certtool made no certificates"
-}
-wait_sock() {
-    for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.05; done
-    fail "no server on $1"
-}
-# start NAME TOOL ARGS...: a persistent server on $TESTDIR/NAME.sock, stopped on exit.
-start() {
-    local name=$1 tool=$2; shift 2
-    rm -f "$TESTDIR/$name.sock"
-    "$tool" -t -k "$TESTDIR/$name.sock" "$@" 2>"$name.log" & eval "${name}_pid=$!"
-    on_exit "kill $!"
-    wait_sock "$TESTDIR/$name.sock"
-}
-stop() { eval "kill \$${1}_pid; wait \$${1}_pid 2>/dev/null"; }
 # both CMD...: CMD with @S replaced by each server's socket prints the same.
 both() {
     local a=() b=() x
@@ -55,8 +22,7 @@ both() {
 
 mkpki pki
 mkpki other
-mkdir psk
-echo "alice:$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" >psk/keys.psk
+mkpsk psk
 qemu-img create -q -f raw img.raw 4M
 qemu-io -f raw -c 'write -P 0x5a 64k 1M' img.raw >/dev/null
 
