@@ -17,7 +17,10 @@ slots() { qemu-img info --output=json "$1" | grep -E '"active"|key-offset'; }
 # step PREFIX OPTS_Q OPTS_V ARGS...: amend both copies, compare output and slots.
 step() {
     local p=$1 q=$2 v=$3; shift 3
-    qemu-img amend $key --image-opts "$q" "$@" >s.q.raw 2>&1; echo "exit=$?" >>s.q.raw
+    for _ in $(seq 20); do
+        qemu-img amend $key --image-opts "$q" "$@" >s.q.raw 2>&1; echo "exit=$?" >>s.q.raw
+        qemu_pbkdf_flaked s.q.raw || break
+    done
     "$VIMG" amend $key --image-opts "$v" "$@" >s.v.raw 2>&1; echo "exit=$?" >>s.v.raw
     norm s.q.raw | sed 's/qa\./IMG./g' >s.q; norm s.v.raw | sed 's/va\./IMG./g' >s.v
     slots "$qimg" >>s.q; slots "$vimg" >>s.v

@@ -18,7 +18,7 @@ io_opts() { echo "driver=qcow2,encrypt.key-secret=${2:-s0},file.filename=$1"; }
 # get accurate CPU usage"): try again.
 qemu_create() {
     local i
-    for i in 1 2 3 4 5; do
+    for i in $(seq 20); do
         rm -f "${@: -2:1}"
         qemu-img create -q "$@" 2>/dev/null && return 0
     done
