@@ -41,6 +41,7 @@
 #define NBD_REP_SERVER              2
 #define NBD_REP_INFO                3
 #define NBD_REP_META_CONTEXT        4
+#define NBD_REP_FLAG_ERROR          0x80000000u
 #define NBD_REP_ERR_UNSUP           0x80000001u
 #define NBD_REP_ERR_POLICY          0x80000002u
 #define NBD_REP_ERR_INVALID         0x80000003u
@@ -189,6 +190,10 @@ void nbd_tls_end(struct nbd_conn *conn);
 /* Bytes moved, 0 at the end of the stream, or -errno. */
 ssize_t nbd_tls_recv(struct nbd_conn *conn, void *buf, size_t len);
 ssize_t nbd_tls_send(struct nbd_conn *conn, const void *buf, size_t len);
+
+/* client.c: the greeting and NBD_OPT_STARTTLS on a connected socket; *client_flags gets the
+ * flags sent in answer to the greeting. Refusals fail in qemu-img's words. */
+int nbd_client_starttls(int fd, uint32_t *client_flags, struct vimg_error *err);
 
 /* wire.c: byte order */
 void nbd_put_be16(uint8_t *p, uint16_t v);

@@ -3,12 +3,10 @@
  * NBD_OPT_LIST_META_CONTEXT for each export (doc/proto.md "Option types"),
  * through libnbd's option mode. Without libnbd the call fails with ENOTSUP.
  *
- * With TLS credentials (-L --tls-creds) libnbd does the STARTTLS: x509
- * through nbd_set_tls_certificates and PSK through nbd_set_tls_psk_file. As
- * qemu-nbd, x509 over a unix socket needs --tls-hostname. libnbd 1.14 can
- * only check a host name it connected to itself: over TCP without
- * --tls-hostname the certificate must match the host; with --tls-hostname,
- * or over a unix socket, only the CA is checked.
+ * With TLS credentials (-L --tls-creds): x509 as the nbd driver does it
+ * (libnbd-client.c), the certificate checked against --tls-hostname, else the
+ * TCP host, else (unix socket) no name, which fails as in qemu-nbd; PSK
+ * through libnbd's nbd_set_tls_psk_file.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -163,33 +161,22 @@ nbd_list_fail(const struct vimg_tls_creds *tls, const char *server_msg, bool is_
     return vimg_error_set(err, e, "%s", msg);
 }
 
+/* 0, 1 when libnbd failed in the handshake (its error set), or -errno with err set. */
 static int
 nbd_list_connect(struct nbd_handle *h, const char *host, const char *port, const char *path,
                  const struct vimg_tls_creds *tls, const char *tls_hostname,
-                 struct vimg_error *err)
+                 struct vimg_nbd_relay **relay, struct vimg_error *err)
 {
     int ret, fd;
 
     if (nbd_set_opt_mode(h, true) < 0 || nbd_set_full_info(h, true) < 0)
         return vimg_error_set(err, EIO, "%s", nbd_get_error());
-    if (tls && vimg_nbd_client_set_tls(h, tls) < 0)
-        return vimg_error_set(err, nbd_get_errno() ? nbd_get_errno() : EIO, "%s",
-                              nbd_get_error());
-    if (tls && !tls_hostname && !path) {
-        /* libnbd checks the certificate against the host it connects to itself. */
-        if (nbd_connect_tcp(h, host, port) == 0)
-            return 0;
-        ret = nbd_get_errno();
-        if (ret != ECONNREFUSED && ret != EHOSTUNREACH && ret != ENETUNREACH &&
-            ret != ETIMEDOUT)
-            return -1;
-        return vimg_error_set(err, ret, "Failed to connect to '%s:%s': %s", host, port,
-                              strerror(ret));
-    }
     fd = path ? nbd_list_unix_fd(path, err) : vimg_tcp_connect(host, port, err);
     if (fd < 0)
         return fd;
-    return nbd_connect_socket(h, fd) < 0 ? -1 : 0;     /* -1: the handshake failed */
+    ret = vimg_nbd_client_connect(h, fd, tls, tls_hostname ? tls_hostname : path ? NULL : host,
+                                  relay, err);
+    return ret;
 }
 
 int
@@ -204,6 +191,7 @@ vimg_nbd_list_tls(const char *host, const char *port, const char *path, const ch
     nbd_debug_callback dcb = { .callback = vimg_nbd_client_debug_capture,
                                .user_data = server_msg };
     struct vimg_tls_creds creds;
+    struct vimg_nbd_relay *relay = NULL;
     bool has_tls = false;
     int ret = 0;
 
@@ -213,10 +201,6 @@ vimg_nbd_list_tls(const char *host, const char *port, const char *path, const ch
         if ((ret = vimg_tls_creds_lookup(tls_creds, &creds, err)) < 0)
             goto out;
         has_tls = true;
-        if (creds.type == VIMG_TLS_CREDS_X509 && path && !tls_hostname) {
-            ret = vimg_error_set(err, EINVAL, "No hostname for certificate validation");
-            goto out;
-        }
     }
     if (nbd_set_debug_callback(h, dcb) < 0 || nbd_set_debug(h, true) < 0) {
         ret = vimg_error_set(err, EIO, "%s", nbd_get_error());
@@ -224,8 +208,9 @@ vimg_nbd_list_tls(const char *host, const char *port, const char *path, const ch
     }
     host = host ? host : "localhost";
     port = port ? port : "10809";
-    ret = nbd_list_connect(h, host, port, path, has_tls ? &creds : NULL, tls_hostname, err);
-    if (ret == -1)
+    ret = nbd_list_connect(h, host, port, path, has_tls ? &creds : NULL, tls_hostname, &relay,
+                           err);
+    if (ret == 1)
         ret = nbd_list_fail(has_tls ? &creds : NULL, server_msg, false, err);
     if (ret == 0 && nbd_opt_list(h, cb) < 0)
         ret = nbd_list_fail(has_tls ? &creds : NULL, server_msg, true, err);
@@ -238,6 +223,7 @@ vimg_nbd_list_tls(const char *host, const char *port, const char *path, const ch
 out:
     nbd_set_debug(h, false);
     nbd_close(h);
+    vimg_nbd_relay_free(relay);
     if (has_tls)
         vimg_tls_creds_release(&creds);
     if (ret < 0) {

@@ -7,8 +7,10 @@
  *   nbd:HOST:PORT[:exportname=EXPORT]   nbd:unix:PATH[:exportname=EXPORT]
  * and the --image-opts keys server.type, server.host, server.port,
  * server.path, export (or the older host, port, path), tls-creds (the id
- * of a tls-creds-x509 or tls-creds-psk object with endpoint=client; libnbd
- * does the TLS) and tls-hostname.
+ * of a tls-creds-x509 or tls-creds-psk object with endpoint=client) and
+ * tls-hostname: the name an x509 server certificate must carry, by default
+ * the TCP host; over a unix socket there is none unless given, which fails
+ * as in qemu-img (nbd/libnbd-client.c does x509 TLS, libnbd PSK).
  *
  * libnbd serialises the blocking calls made on one handle, so parallel
  * callers take a handle each from a small pool: one connection, or up to
@@ -50,6 +52,7 @@ struct nbd_addr {
     char *port;                 /* inet, as text for getaddrinfo */
     char *path;                 /* unix */
     char *export_name;
+    char *tls_hostname;         /* NULL: the TCP host, or none over a unix socket */
     bool has_tls;
     struct vimg_tls_creds tls;  /* when has_tls */
 };
@@ -63,6 +66,7 @@ struct nbd_state {
     pthread_mutex_t lock;       /* protects handles, is_busy, n_handles */
     pthread_cond_t cond;        /* a handle became free */
     struct nbd_handle *handles[NBD_MAX_CONNS];
+    struct vimg_nbd_relay *relays[NBD_MAX_CONNS];  /* x509 TLS of each handle, or NULL */
     bool is_busy[NBD_MAX_CONNS];
     unsigned n_handles;
 };
@@ -77,6 +81,7 @@ nbd_addr_free(struct nbd_addr *a)
     vimg_tls_creds_release(&a->tls);
     free(a->path);
     free(a->export_name);
+    free(a->tls_hostname);
     memset(a, 0, sizeof(*a));
 }
 
@@ -269,14 +274,28 @@ nbd_connect_unix_fd(const struct nbd_addr *a, struct vimg_error *err)
 }
 
 
+/* libnbd's failure in the negotiation, or qemu-img's words when TLS underneath failed. */
 static int
-nbd_go(struct nbd_handle *h, const struct nbd_addr *a, struct vimg_error *err)
+nbd_libnbd_fail(const struct vimg_nbd_relay *relay, struct vimg_error *err)
+{
+    int e = vimg_nbd_relay_recv_errno(relay);
+
+    if (e)
+        return vimg_error_set(err, e, "Failed to read option reply: Cannot read from TLS "
+                              "channel: %s", strerror(e));
+    return vimg_error_set(err, nbd_get_errno() ? nbd_get_errno() : EIO, "%s", nbd_get_error());
+}
+
+static int
+nbd_go(struct nbd_handle *h, const struct nbd_addr *a, struct vimg_nbd_relay **relay,
+       struct vimg_error *err)
 {
     char server_msg[VIMG_ERROR_MSG_MAX] = "";
     nbd_debug_callback cb = { .callback = vimg_nbd_client_debug_capture,
                               .user_data = server_msg };
     int fd, ret = 0;
 
+    *relay = NULL;
     fd = a->is_unix ? nbd_connect_unix_fd(a, err) : vimg_tcp_connect(a->host, a->port, err);
     if (fd < 0)
         return fd;
@@ -284,12 +303,17 @@ nbd_go(struct nbd_handle *h, const struct nbd_addr *a, struct vimg_error *err)
     if (nbd_set_export_name(h, a->export_name) < 0 || nbd_set_opt_mode(h, true) < 0 ||
         nbd_set_pread_initialize(h, false) < 0 ||
         nbd_add_meta_context(h, NBD_CONTEXT_ALLOC) < 0 ||
-        nbd_set_debug_callback(h, cb) < 0 || nbd_set_debug(h, true) < 0 ||
-        (a->has_tls && vimg_nbd_client_set_tls(h, &a->tls) < 0) ||
-        nbd_connect_socket(h, fd) < 0) {
-        int e = nbd_get_errno() ? nbd_get_errno() : EIO;
-        return vimg_error_set(err, e, "%s", nbd_get_error());
+        nbd_set_debug_callback(h, cb) < 0 || nbd_set_debug(h, true) < 0) {
+        close(fd);
+        return vimg_error_set(err, nbd_get_errno() ? nbd_get_errno() : EIO, "%s",
+                              nbd_get_error());
     }
+    ret = vimg_nbd_client_connect(h, fd, a->has_tls ? &a->tls : NULL,
+                                  a->tls_hostname ? a->tls_hostname : a->host, relay, err);
+    if (ret < 0)
+        return ret;
+    if (ret == 1)
+        return nbd_libnbd_fail(*relay, err);
     if (nbd_opt_go(h) < 0) {
         int e = nbd_get_errno() ? nbd_get_errno() : EIO;
         /* Two lines, as qemu-img prints them: the drop-in contract wins over one-line. */
@@ -304,7 +328,7 @@ nbd_go(struct nbd_handle *h, const struct nbd_addr *a, struct vimg_error *err)
                                  "Did you forget a valid tls-creds?%s%s",
                                  server_msg[0] ? "\nserver reported: " : "", server_msg);
         else
-            ret = vimg_error_set(err, e, "%s", nbd_get_error());
+            ret = nbd_libnbd_fail(*relay, err);
         /* Leave politely, so that the server does not log a broken negotiation. */
         if (nbd_aio_is_negotiating(h) == 1)
             nbd_opt_abort(h);
@@ -315,19 +339,31 @@ nbd_go(struct nbd_handle *h, const struct nbd_addr *a, struct vimg_error *err)
 }
 
 static struct nbd_handle *
-nbd_new_connection(const struct nbd_addr *a, struct vimg_error *err)
+nbd_new_connection(const struct nbd_addr *a, struct vimg_nbd_relay **relay,
+                   struct vimg_error *err)
 {
     struct nbd_handle *h = nbd_create();
 
+    *relay = NULL;
     if (!h) {
         vimg_error_set(err, ENOMEM, "%s", nbd_get_error());
         return NULL;
     }
-    if (nbd_go(h, a, err) < 0) {
+    if (nbd_go(h, a, relay, err) < 0) {
         nbd_close(h);
+        vimg_nbd_relay_free(*relay);
+        *relay = NULL;
         return NULL;
     }
     return h;
+}
+
+static void
+nbd_end_connection(struct nbd_handle *h, struct vimg_nbd_relay *relay)
+{
+    nbd_shutdown(h, 0);
+    nbd_close(h);
+    vimg_nbd_relay_free(relay);
 }
 
 /* Takes a free handle, opening another connection when the server allows it. */
@@ -335,6 +371,7 @@ static int
 nbd_acquire(struct nbd_state *s, struct vimg_error *err)
 {
     struct nbd_handle *h;
+    struct vimg_nbd_relay *relay;
     unsigned i;
 
     pthread_mutex_lock(&s->lock);
@@ -353,9 +390,10 @@ nbd_acquire(struct nbd_state *s, struct vimg_error *err)
     i = s->n_handles++;
     s->is_busy[i] = true;
     pthread_mutex_unlock(&s->lock);
-    h = nbd_new_connection(&s->addr, err);
+    h = nbd_new_connection(&s->addr, &relay, err);
     pthread_mutex_lock(&s->lock);
     s->handles[i] = h;
+    s->relays[i] = relay;
     if (!h)
         s->is_busy[i] = true;   /* stays reserved: a failed slot is never used again */
     pthread_mutex_unlock(&s->lock);
@@ -443,9 +481,7 @@ nbd_read_opts(struct vimg_opts *opts, struct nbd_addr *a, struct vimg_error *err
     uint64_t n;
     int ret;
 
-    /* tls-hostname: libnbd 1.14 checks a certificate against no name on a socket it is
-     * handed, so the override has nothing to override. */
-    vimg_opts_get(opts, "tls-hostname");
+    const char *tls_hostname = vimg_opts_get(opts, "tls-hostname");
     if ((ret = vimg_opts_get_number(opts, "reconnect-delay", 0, &n, err)) < 0 ||
         (ret = vimg_opts_get_number(opts, "open-timeout", 0, &n, err)) < 0)
         return ret;
@@ -461,7 +497,7 @@ nbd_read_opts(struct vimg_opts *opts, struct nbd_addr *a, struct vimg_error *err
     } else if (!a->export_name) {
         a->export_name = strdup("");
     }
-    if (!a->export_name)
+    if (!a->export_name || (tls_hostname && !(a->tls_hostname = strdup(tls_hostname))))
         return vimg_error_set(err, ENOMEM, "Out of memory");
     if (!tls)
         return 0;
@@ -486,7 +522,7 @@ nbd_client_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
         goto fail;
     if ((ret = nbd_set_filename(node, &s->addr, err)) < 0)
         goto fail;
-    s->handles[0] = nbd_new_connection(&s->addr, err);
+    s->handles[0] = nbd_new_connection(&s->addr, &s->relays[0], err);
     if (!s->handles[0]) {
         ret = -err->errnum;
         goto fail;
@@ -496,10 +532,8 @@ nbd_client_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
         goto fail;
     return 0;
 fail:
-    if (s->handles[0]) {
-        nbd_shutdown(s->handles[0], 0);
-        nbd_close(s->handles[0]);
-    }
+    if (s->handles[0])
+        nbd_end_connection(s->handles[0], s->relays[0]);
     nbd_addr_free(&s->addr);
     pthread_cond_destroy(&s->cond);
     pthread_mutex_destroy(&s->lock);
@@ -511,12 +545,9 @@ nbd_client_close(struct vimg_node *node)
 {
     struct nbd_state *s = node->state;
 
-    for (unsigned i = 0; i < s->n_handles; i++) {
-        if (s->handles[i]) {
-            nbd_shutdown(s->handles[i], 0);
-            nbd_close(s->handles[i]);
-        }
-    }
+    for (unsigned i = 0; i < s->n_handles; i++)
+        if (s->handles[i])
+            nbd_end_connection(s->handles[i], s->relays[i]);
     nbd_addr_free(&s->addr);
     pthread_cond_destroy(&s->cond);
     pthread_mutex_destroy(&s->lock);

@@ -5,7 +5,10 @@
 # nbdinfo (nbds+unix URIs) read through both servers and print the same;
 # clients without TLS are refused with qemu-nbd's words (NBD_REP_ERR_TLS_REQD);
 # a client with a certificate from another CA is refused; and vimg's nbd
-# driver (tls-creds=ID) reads from qemu-nbd and vimg-nbd over TLS.
+# driver (tls-creds=ID) reads from qemu-nbd and vimg-nbd over TLS; option
+# errors, among them -c DEV with --tls-creds ("TLS is not supported with a
+# host device", checked before the credentials and needing no /dev/nbd*),
+# match qemu-nbd's words, order and exit code.
 source "$(dirname "$0")/lib.sh"
 source "$LIB_DIR/nbd-lib.sh"
 need qemu-img qemu-io qemu-nbd nbdinfo certtool
@@ -49,11 +52,11 @@ qemu-io --object "tls-creds-x509,id=c1,dir=$TESTDIR/other/client,endpoint=client
     -c 'read 0 512' >out 2>&1 && fail "vimg-nbd accepted a client certificate from another CA"
 # vimg's client, through both servers.
 for s in q v; do
-    "$VIMG_IO" $CLI -r --image-opts "driver=nbd,server.type=unix,server.path=$TESTDIR/$s.sock,tls-creds=c0" \
+    "$VIMG_IO" $CLI -r --image-opts "driver=nbd,server.type=unix,server.path=$TESTDIR/$s.sock,tls-creds=c0,tls-hostname=localhost" \
         -c 'read -P 0x5a 64k 1M' >out 2>&1 || { cat out >&2; fail "vimg-io over TLS from $s"; }
     grep -q "read 1048576/1048576" out || fail "vimg-io read nothing from $s"
     "$VIMG" compare -f raw img.raw --object "tls-creds-x509,id=c0,dir=$TESTDIR/pki/client,endpoint=client" \
-        "json:{\"driver\":\"nbd\",\"server\":{\"type\":\"unix\",\"path\":\"$TESTDIR/$s.sock\"},\"tls-creds\":\"c0\"}" \
+        "json:{\"driver\":\"nbd\",\"server\":{\"type\":\"unix\",\"path\":\"$TESTDIR/$s.sock\"},\"tls-creds\":\"c0\",\"tls-hostname\":\"localhost\"}" \
         >out 2>&1 || { cat out >&2; fail "vimg compare over TLS from $s"; }
 done
 "$VIMG_IO" -r --image-opts "driver=nbd,server.type=unix,server.path=$TESTDIR/q.sock" \
@@ -87,7 +90,12 @@ for args in "--tls-creds nosuch" "--tls-hostname h" \
             "--object tls-creds-x509,id=t,dir=$TESTDIR/pki/server,endpoint=client --tls-creds t" \
             "--object tls-creds-psk,id=t,dir=$TESTDIR/nosuch,endpoint=server --tls-creds t" \
             "--object tls-creds-x509,id=t,endpoint=server --tls-creds t" \
-            "--object tls-creds-x509,id=t,dir=/,endpoint=nowhere --tls-creds t"; do
+            "--object tls-creds-x509,id=t,dir=/,endpoint=nowhere --tls-creds t" \
+            "-c /dev/nbd0 --tls-creds nosuch" "-c /dev/nbd0 -L --tls-creds nosuch" \
+            "-c /dev/nbd0 --object tls-creds-x509,id=t,dir=$TESTDIR/pki/server,endpoint=server --tls-creds t --tls-authz a" \
+            "-c /dev/nbd0 --tls-creds nosuch --detect-zeroes=unmap" \
+            "-c /dev/nbd0 --tls-creds nosuch --image-opts -f raw" \
+            "--tls-creds nosuch --image-opts -f raw" "-d --tls-creds nosuch"; do
     qemu-nbd $args -k "$TESTDIR/e.sock" img.raw >e.q 2>&1; echo "exit=$?" >>e.q
     "$VIMG_NBD" $args -k "$TESTDIR/e.sock" img.raw >e.v 2>&1; echo "exit=$?" >>e.v
     sed -i 's/^qemu-nbd:/TOOL:/; s/^vimg-nbd:/TOOL:/' e.q e.v

@@ -436,22 +436,20 @@ check_args(int argc, char **argv, struct nbd_tool_opts *o)
         tool_error("--tls-hostname is not permitted without --tls-creds");
         return 1;
     }
-    if (o->exp.tls_creds && !check_tls_creds(o->exp.tls_creds, !o->is_list))
-        return 1;
     if (o->is_list) {
-        if (o->device || o->is_disconnect) {
-            tool_error("List mode is incompatible with per-device settings");
-            return 1;
-        }
         if (optind != argc) {
             tool_error("List mode is incompatible with a file name");
+            return 1;
+        }
+        if (o->device || o->is_disconnect) {
+            tool_error("List mode is incompatible with per-device settings");
             return 1;
         }
         if (o->exp.tls_authz) {
             tool_error("TLS authorization is incompatible with export list");
             return 1;
         }
-        return -1;
+        return o->exp.tls_creds && !check_tls_creds(o->exp.tls_creds, false) ? 1 : -1;
     }
     if (optind != argc - 1) {
         tool_error("Invalid number of arguments");
@@ -466,12 +464,19 @@ check_args(int argc, char **argv, struct nbd_tool_opts *o)
                    "operation to unmap");
         return 1;
     }
-    if (o->is_image_opts && o->format) {
-        tool_error("--image-opts and -f are mutually exclusive");
-        return 1;
-    }
     if (strlen(o->exp.name) > 4096) {
         tool_error("export name '%s' too long", o->exp.name);
+        return 1;
+    }
+    /* qemu-nbd's order: these two before the credentials are looked up. */
+    if (o->device && o->exp.tls_creds) {
+        tool_error("TLS is not supported with a host device");
+        return 1;
+    }
+    if (o->exp.tls_creds && !check_tls_creds(o->exp.tls_creds, true))
+        return 1;
+    if (o->is_image_opts && o->format) {
+        tool_error("--image-opts and -f are mutually exclusive");
         return 1;
     }
     return -1;
