@@ -355,6 +355,14 @@ gluster_conn_key(const struct gluster_conf *c)
  * down takes seconds, so one that nobody uses any more stays until the
  * process exits, for the next open of the same volume (a format's create
  * opens its file several times, convert opens it once more).
+ *
+ * At exit the connections are not shut down with glfs_fini: every file was
+ * closed by then (glfs_close flushes the client's write-behind, so each write
+ * has reached the bricks), the kernel closes the sockets, and glfs_fini at
+ * exit is where libgfapi 10 was seen to crash now and then (a CI run's
+ * `vimg map` died of SIGSEGV after its last file was closed), besides
+ * costing about 10 s (glusterfs issue #2606). A connection is shut down only
+ * when its open failed (gluster_connect).
  */
 struct gluster_conn {
     char *key;
@@ -365,25 +373,6 @@ struct gluster_conn {
 
 static pthread_mutex_t gluster_conns_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct gluster_conn *gluster_conns;      /* protected by gluster_conns_lock */
-static bool gluster_has_atexit;                 /* protected by gluster_conns_lock */
-
-static void
-gluster_conns_fini(void)
-{
-    pthread_mutex_lock(&gluster_conns_lock);
-    for (struct gluster_conn **p = &gluster_conns; *p;) {
-        struct gluster_conn *cn = *p;
-        if (cn->n_users) {
-            p = &cn->next;
-            continue;
-        }
-        *p = cn->next;
-        glfs_fini(cn->fs);
-        free(cn->key);
-        free(cn);
-    }
-    pthread_mutex_unlock(&gluster_conns_lock);
-}
 
 /* A connection for c, shared with other opens of the same volume through the same servers. */
 static int
@@ -411,8 +400,6 @@ gluster_conn_get(glfs_t **out, const struct gluster_conf *c, struct vimg_error *
         key = NULL;
         cn->next = gluster_conns;
         gluster_conns = cn;
-        if (!gluster_has_atexit && atexit(gluster_conns_fini) == 0)
-            gluster_has_atexit = true;
     }
     cn->n_users++;
     *out = cn->fs;

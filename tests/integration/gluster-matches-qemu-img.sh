@@ -9,9 +9,9 @@
 # is dead, honours debug and logfile, and fails like qemu-img on bad URIs
 # and unreachable servers.
 #
-# Every libgfapi client (qemu-img's and vimg's) spends about 10 s shutting its
-# connection down (glusterfs issue #2606), so independent steps run side by
-# side and the whole test takes about a minute even so.
+# Every qemu-img spends about 10 s shutting its libgfapi connection down
+# (glusterfs issue #2606; vimg leaves that to process exit), so independent
+# steps run side by side.
 source "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io glusterd gluster
 qemu-img --help | grep -q ' gluster' || { echo "SKIP: qemu-img lacks gluster"; exit 77; }
