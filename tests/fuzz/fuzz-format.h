@@ -94,6 +94,35 @@ fuzz_format(const char *format, const uint8_t *data, size_t size)
     return 0;
 }
 
+/*
+ * Writes the input to the file at `input` (a file in a private directory,
+ * beside others the target made), then opens `image` (that file or a
+ * descriptor naming it) read-only as `format` and exercises it.
+ */
+static inline int
+fuzz_file(const char *input, const char *image, const char *format, const uint8_t *data,
+          size_t size)
+{
+    static uint8_t *buf;
+    struct vimg_error err = { 0 };
+    struct vimg_node *node;
+    FILE *f;
+
+    if (!buf && !(buf = malloc(FUZZ_READ_BYTES)))
+        abort();
+    if (!(f = fopen(input, "wb")) || (size && fwrite(data, 1, size, f) != size) ||
+        fclose(f) != 0)
+        abort();
+    if (vimg_open(&node, image, format, NULL, VIMG_OPEN_NO_BACKING | VIMG_OPEN_FORCE_SHARE,
+                  &err) < 0) {
+        fuzz_expect_error(-1, &err);
+        return 0;
+    }
+    fuzz_exercise(node, buf);
+    vimg_close(node);
+    return 0;
+}
+
 #define FUZZ_FORMAT_TARGET(fmt)                                         \
     int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);       \
     int                                                                 \

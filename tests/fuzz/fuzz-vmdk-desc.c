@@ -50,27 +50,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static uint8_t *buf;
-    struct vimg_error err = { 0 };
-    struct vimg_node *node;
-    int fd;
-
     if (memmem(data, size, "/", 1) || memmem(data, size, "..", 2))
         return 0;
     if (!dir[0])
         make_dir();
-    if (!buf && !(buf = malloc(FUZZ_READ_BYTES)))
-        abort();
-    if ((fd = open(path, O_CREAT | O_WRONLY | O_TRUNC, 0600)) < 0 ||
-        (size && write(fd, data, size) != (ssize_t)size))
-        abort();
-    close(fd);
-    if (vimg_open(&node, path, "vmdk", NULL, VIMG_OPEN_NO_BACKING | VIMG_OPEN_FORCE_SHARE,
-                  &err) < 0) {
-        fuzz_expect_error(-1, &err);
-        return 0;
-    }
-    fuzz_exercise(node, buf);
-    vimg_close(node);
-    return 0;
+    return fuzz_file(path, path, "vmdk", data, size);
 }

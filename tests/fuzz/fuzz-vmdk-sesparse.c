@@ -48,25 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static uint8_t *buf;
-    struct vimg_error err = { 0 };
-    struct vimg_node *node;
-    int fd;
-
     if (!dir[0])
         make_dir();
-    if (!buf && !(buf = malloc(FUZZ_READ_BYTES)))
-        abort();
-    if ((fd = open(extent_path, O_CREAT | O_WRONLY | O_TRUNC, 0600)) < 0 ||
-        (size && write(fd, data, size) != (ssize_t)size))
-        abort();
-    close(fd);
-    if (vimg_open(&node, desc_path, "vmdk", NULL, VIMG_OPEN_NO_BACKING | VIMG_OPEN_FORCE_SHARE,
-                  &err) < 0) {
-        fuzz_expect_error(-1, &err);
-        return 0;
-    }
-    fuzz_exercise(node, buf);
-    vimg_close(node);
-    return 0;
+    return fuzz_file(extent_path, desc_path, "vmdk", data, size);
 }
