@@ -52,12 +52,14 @@ print_warning(const char *msg)
     static const char *const raw[] = {
         "WARNING: ", "ERROR", "Leaked cluster ", "Repairing ", "Rebuilding refcount ",
         "Can't get refcount ", "qcow2: ",
+        "Discarding ", "qcow2_free_clusters failed",
     };
 
     /* ... except check's snapshot table failures, which QEMU says through error_report(). */
     static const char *const prefixed[] = {
         "ERROR snapshot table too large", "ERROR snapshot table offset invalid",
         "ERROR failed to read the snapshot table",
+        "ERROR writing refblock",
     };
 
     for (size_t i = 0; i < sizeof(prefixed) / sizeof(prefixed[0]); i++) {

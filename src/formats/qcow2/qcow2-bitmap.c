@@ -357,8 +357,9 @@ qcow2_write_bitmap_data(struct vimg_node *node, struct qcow2_bitmap *bm, const u
     }
     if (ret == 0 && n)
         ret = qcow2_alloc_clusters(node, table_bytes / s->cluster_size, &offset, err);
+    /* As QEMU, the table's own bytes: the rest of its last cluster keeps what it held. */
     if (ret == 0 && n)
-        ret = qcow2_pwrite_file(node->file, offset, table, table_bytes, err);
+        ret = qcow2_pwrite_file(node->file, offset, table, n * 8, err);
     free(table);
     if (ret < 0)
         return ret;
@@ -419,7 +420,7 @@ qcow2_store_bitmap_dir(struct vimg_node *node, const struct qcow2_bitmap_dir *d,
         return vimg_error_set(err, ENOMEM, "Out of memory");
     qcow2_encode_bitmap_dir(d, buf);
     if (d->n && (ret = qcow2_alloc_clusters(node, alloc / s->cluster_size, &offset, err)) == 0)
-        ret = qcow2_pwrite_file(node->file, offset, buf, alloc, err);
+        ret = qcow2_pwrite_file(node->file, offset, buf, size, err);
     free(buf);
     if (ret == 0)
         ret = qcow2_flush_metadata(node, err);
@@ -778,21 +779,25 @@ qcow2_bitmap_list(struct vimg_node *node, struct vimg_bitmap_info **list, size_t
 }
 
 /*
- * Recording guest writes. The first write after the open (or after a bitmap
- * action) arms the tracking: every enabled, consistent bitmap is loaded into
- * memory and marked in use on disk, durably, before that write goes ahead,
- * so that a crash leaves those bitmaps inconsistent rather than wrong.
- * Writes then set their bits in memory; disarming (close, any bitmap action
- * or listing) stores the changed bitmaps in new clusters and clears the
- * in-use flags. Disabled bitmaps never change and stay as they are.
+ * Recording guest writes, as QEMU keeps bitmaps while an image is open for
+ * writing. The first write after the open (or after a bitmap action) arms
+ * the tracking: every consistent bitmap is loaded into memory and flagged in
+ * use in the directory, rewritten where it is, durably, before that write
+ * goes ahead, so that a crash leaves those bitmaps inconsistent rather than
+ * wrong. Writes set their bits in the enabled ones; a resize resizes them.
+ * Disarming (close, any bitmap action or listing) stores each loaded bitmap
+ * in new clusters, in directory order (its data, then its table), then the
+ * directory with the flags cleared; the old clusters are freed after, the
+ * data clusters discarded, as QEMU does.
  */
 struct qcow2_bitmap_track {
     uint64_t size;          /* the disk size the data covers */
+    uint64_t dir_size;      /* the disk size the tables on disk were made for */
     uint32_t n;
     char **name;
     uint8_t *bits;          /* granularity_bits of each */
     uint8_t **data;         /* qcow2_bitmap_bytes each */
-    bool *is_changed;
+    bool *is_enabled;       /* records writes */
 };
 
 static void
@@ -807,11 +812,11 @@ qcow2_track_free(struct qcow2_bitmap_track *t)
     free(t->name);
     free(t->bits);
     free(t->data);
-    free(t->is_changed);
+    free(t->is_enabled);
     free(t);
 }
 
-/* Loads the enabled, consistent bitmaps of d into t and flags them in use in d. */
+/* Loads the consistent bitmaps of d into t and flags them in use in d. */
 static int
 qcow2_track_load(struct vimg_node *node, struct qcow2_bitmap_dir *d,
                  struct qcow2_bitmap_track *t, struct vimg_error *err)
@@ -822,22 +827,43 @@ qcow2_track_load(struct vimg_node *node, struct qcow2_bitmap_dir *d,
     t->name = calloc(n, sizeof(*t->name));
     t->bits = calloc(n, sizeof(*t->bits));
     t->data = calloc(n, sizeof(*t->data));
-    t->is_changed = calloc(n, sizeof(*t->is_changed));
-    if (!t->name || !t->bits || !t->data || !t->is_changed)
+    t->is_enabled = calloc(n, sizeof(*t->is_enabled));
+    if (!t->name || !t->bits || !t->data || !t->is_enabled)
         return vimg_error_set(err, ENOMEM, "Out of memory");
     for (uint32_t i = 0; i < d->n; i++) {
         struct qcow2_bitmap *bm = &d->bm[i];
-        if (!(bm->flags & QCOW2_BME_FLAG_AUTO) || (bm->flags & QCOW2_BME_FLAG_IN_USE))
+        if (bm->flags & QCOW2_BME_FLAG_IN_USE)
             continue;
         if (!(t->name[t->n] = strdup(bm->name)))
             return vimg_error_set(err, ENOMEM, "Out of memory");
         t->bits[t->n] = bm->granularity_bits;
+        t->is_enabled[t->n] = bm->flags & QCOW2_BME_FLAG_AUTO;
         t->n++;
         if ((ret = qcow2_read_bitmap_data(node, bm, &t->data[t->n - 1], err)) < 0)
             return ret;
         bm->flags |= QCOW2_BME_FLAG_IN_USE;
     }
     return 0;
+}
+
+/* Rewrites the directory where it is (only flags changed: same size). */
+static int
+qcow2_rewrite_dir_in_place(struct vimg_node *node, const struct qcow2_bitmap_dir *d,
+                           struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t size = qcow2_bitmap_dir_bytes(d);
+    uint8_t *buf;
+    int ret;
+
+    if (size != s->bitmaps_dir_size)
+        return vimg_error_set(err, EIO, "Bitmap directory changed size");
+    if (!(buf = calloc(1, size ? size : 1)))
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    qcow2_encode_bitmap_dir(d, buf);
+    ret = qcow2_pwrite_file(node->file, s->bitmaps_dir_offset, buf, size, err);
+    free(buf);
+    return ret;
 }
 
 /* Arms the tracking (lock held); a failure leaves it unarmed and the image as it was. */
@@ -847,21 +873,18 @@ qcow2_track_arm(struct vimg_node *node, struct vimg_error *err)
     struct qcow2_state *s = node->state;
     struct qcow2_bitmap_track *t = calloc(1, sizeof(*t));
     struct qcow2_bitmap_dir d;
-    struct qcow2_extents x = { 0 };
     int ret;
 
     if (!t)
         return vimg_error_set(err, ENOMEM, "Out of memory");
     t->size = s->hdr.size;
+    t->dir_size = s->hdr.size;
     if ((ret = qcow2_load_bitmap_dir(node, &d, err)) == 0) {
         ret = qcow2_track_load(node, &d, t, err);
-        if (ret == 0 && t->n && (ret = qcow2_store_bitmap_dir(node, &d, &x, err)) == 0 &&
-            (ret = qcow2_free_extents(node, &x, err)) == 0)
+        if (ret == 0 && t->n && (ret = qcow2_rewrite_dir_in_place(node, &d, err)) == 0)
             ret = vimg_node_flush(node->file, err);
         qcow2_bitmap_dir_free(&d);
     }
-    free(x.offset);
-    free(x.bytes);
     if (ret < 0) {
         qcow2_restore_bitmaps_bit(node, NULL);
         qcow2_track_free(t);
@@ -871,43 +894,100 @@ qcow2_track_arm(struct vimg_node *node, struct vimg_error *err)
     return 0;
 }
 
-/* Stores what the tracking recorded and clears the in-use flags (lock held). */
+/* Queues bm's table in x and its data clusters in xd (freed, then discarded). */
+static int
+qcow2_drop_bitmap_data(struct vimg_node *node, const struct qcow2_bitmap *bm,
+                       struct qcow2_extents *x, struct qcow2_extents *xd,
+                       struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t *table;
+    int ret;
+
+    if (bm->bitmap_table_offset == 0)
+        return 0;
+    if ((ret = qcow2_read_bitmap_table(node, bm, &table, err)) < 0)
+        return ret;
+    for (uint32_t i = 0; ret == 0 && i < bm->bitmap_table_size; i++)
+        if (table[i] & QCOW2_OFFSET_MASK)
+            ret = qcow2_extents_add(xd, table[i] & QCOW2_OFFSET_MASK, s->cluster_size, err);
+    free(table);
+    if (ret < 0)
+        return ret;
+    return qcow2_extents_add(x, bm->bitmap_table_offset,
+                             qcow2_align_up((uint64_t)bm->bitmap_table_size * 8,
+                                            s->cluster_size), err);
+}
+
+/* Frees the extents of x and discards in the file the clusters left unused. */
+static int
+qcow2_discard_extents(struct vimg_node *node, const struct qcow2_extents *x,
+                      struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    int ret;
+
+    if ((ret = qcow2_free_extents(node, x, err)) < 0)
+        return ret;
+    for (size_t i = 0; i < x->n; i++) {
+        uint64_t rc;
+        if ((ret = qcow2_get_refcount(node, x->offset[i] / s->cluster_size, &rc, err)) < 0)
+            return ret;
+        if (rc == 0 && (ret = vimg_node_discard(node->file, x->offset[i], x->bytes[i],
+                                                NULL)) < 0 && ret != -ENOTSUP)
+            return vimg_error_set(err, -ret, "Could not discard cluster 0x%" PRIx64,
+                                  x->offset[i]);
+    }
+    return 0;
+}
+
+/* Stores what the tracking holds and clears the in-use flags (lock held). */
 static int
 qcow2_track_disarm(struct vimg_node *node, struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
     struct qcow2_bitmap_track *t = s->bitmap_track;
     struct qcow2_bitmap_dir d;
-    struct qcow2_extents x = { 0 };
+    struct qcow2_extents x = { 0 }, xd = { 0 };
     int ret = 0;
 
     if (!t)
         return 0;
     s->bitmap_track = NULL;
-    /* Resized meanwhile: the bitmaps stay in use, as inconsistent as they now are. */
+    /* Resized meanwhile other than by a resize: the bitmaps stay in use. */
     if (t->n && t->size != s->hdr.size)
         ret = vimg_error_set(err, ENOTSUP, "Cannot store bitmaps of an image resized while "
                              "they recorded writes");
-    else if (t->n)
+    else if (t->n) {
+        uint64_t size = s->hdr.size;
+        s->hdr.size = t->dir_size;
         ret = qcow2_load_bitmap_dir(node, &d, err);
+        s->hdr.size = size;
+    }
     if (t->n == 0 || ret < 0) {
         ret = t->n == 0 ? 0 : ret;
         qcow2_track_free(t);
         return ret;
     }
-    for (uint32_t i = 0; i < t->n && ret == 0; i++) {
-        struct qcow2_bitmap *bm = qcow2_find_bitmap(&d, t->name[i]);
-        if (!bm)
+    for (uint32_t i = 0; i < d.n && ret == 0; i++) {
+        struct qcow2_bitmap *bm = &d.bm[i];
+        uint32_t j;
+        for (j = 0; j < t->n && strcmp(t->name[j], bm->name) != 0; j++)
+            ;
+        if (j == t->n)
             continue;
         bm->flags &= ~QCOW2_BME_FLAG_IN_USE;
-        if (t->is_changed[i] && (ret = qcow2_drop_bitmap_clusters(node, bm, &x, err)) == 0)
-            ret = qcow2_write_bitmap_data(node, bm, t->data[i], err);
+        if ((ret = qcow2_drop_bitmap_data(node, bm, &x, &xd, err)) == 0)
+            ret = qcow2_write_bitmap_data(node, bm, t->data[j], err);
     }
-    if (ret == 0 && (ret = qcow2_store_bitmap_dir(node, &d, &x, err)) == 0)
-        ret = qcow2_free_extents(node, &x, err);
+    if (ret == 0 && (ret = qcow2_store_bitmap_dir(node, &d, &x, err)) == 0 &&
+        (ret = qcow2_free_extents(node, &x, err)) == 0)
+        ret = qcow2_discard_extents(node, &xd, err);
     qcow2_bitmap_dir_free(&d);
     free(x.offset);
     free(x.bytes);
+    free(xd.offset);
+    free(xd.bytes);
     qcow2_track_free(t);
     return ret;
 }
@@ -918,9 +998,10 @@ qcow2_track_set(struct qcow2_bitmap_track *t, uint64_t offset, uint64_t bytes)
     uint64_t end = offset + bytes > t->size ? t->size : offset + bytes;
 
     for (uint32_t i = 0; i < t->n && offset < end; i++) {
+        if (!t->is_enabled[i])
+            continue;
         for (uint64_t b = offset >> t->bits[i]; b <= (end - 1) >> t->bits[i]; b++)
             t->data[i][b / 8] |= (uint8_t)(1u << (b % 8));
-        t->is_changed[i] = true;
     }
 }
 
@@ -976,4 +1057,63 @@ qcow2_bitmaps_drop_all(struct vimg_node *node, struct vimg_error *err)
     free(x.offset);
     free(x.bytes);
     return ret;
+}
+
+/* ---- Resizing ---- */
+
+/* Bits of a bitmap of granularity 2^bits over size bytes. */
+static uint64_t
+qcow2_bitmap_bits_for(uint64_t size, uint8_t bits)
+{
+    return (size >> bits) + ((size & ((UINT64_C(1) << bits) - 1)) != 0);
+}
+
+/*
+ * After a resize from old_size (lock held): the bitmaps, loaded as a
+ * writable open of QEMU loads them, take the new size in memory (bits past
+ * the new end dropped, those of a grown part clear); closing stores them.
+ */
+int
+qcow2_bitmaps_resize(struct vimg_node *node, uint64_t old_size, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t new_size = s->hdr.size;
+    struct qcow2_bitmap_track *t;
+    int ret = 0;
+
+    if (old_size == new_size)
+        return 0;
+    if (!s->bitmap_track) {
+        if (!s->has_bitmaps_ext || !s->has_valid_bitmaps || s->nb_bitmaps == 0)
+            return 0;
+        /* The directory is read at the size its tables were made for. */
+        s->hdr.size = old_size;
+        ret = qcow2_track_arm(node, err);
+        s->hdr.size = new_size;
+        if (ret < 0)
+            return ret;
+    }
+    t = s->bitmap_track;
+    if (t->size != old_size)
+        return vimg_error_set(err, ENOTSUP, "Cannot resize bitmaps recorded for another size");
+    for (uint32_t i = 0; i < t->n; i++) {
+        uint64_t keep = qcow2_bitmap_bits_for(old_size < new_size ? old_size : new_size,
+                                              t->bits[i]);
+        uint64_t bytes = qcow2_bitmap_bits_for(new_size, t->bits[i]);
+        uint64_t old_bytes = qcow2_bitmap_bits_for(old_size, t->bits[i]);
+        uint8_t *p;
+        bytes = bytes / 8 + (bytes % 8 != 0);
+        old_bytes = old_bytes / 8 + (old_bytes % 8 != 0);
+        if (!(p = realloc(t->data[i], bytes ? bytes : 1)))
+            return vimg_error_set(err, ENOMEM, "Out of memory");
+        t->data[i] = p;
+        if (bytes > old_bytes)
+            memset(p + old_bytes, 0, bytes - old_bytes);
+        if (keep / 8 < bytes) {
+            p[keep / 8] &= (uint8_t)((1u << (keep % 8)) - 1);
+            memset(p + keep / 8 + 1, 0, bytes - keep / 8 - 1);
+        }
+    }
+    t->size = new_size;
+    return 0;
 }

@@ -14,8 +14,10 @@
  * where a stored refcount is 0 or a refcount block is unusable, the whole
  * refcount structure is rebuilt from the counts (new blocks and table in
  * free clusters, first fit), then the old structure, now leaked, is freed.
- * Left out: repairing snapshot table entries and unaligned preallocated
- * clusters (reported as errors only).
+ * With -r all the snapshot table is repaired as QEMU repairs it (overhanging
+ * entries dropped, too long extra data cut, incomplete entries completed,
+ * the table rewritten), QEMU's refusals included.
+ * Left out: repairing unaligned preallocated clusters (reported as errors only).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -32,6 +34,7 @@
 #define QCOW2_RTE_RESERVED          UINT64_C(0x1ff)
 #define QCOW2_SN_MIN_EXTRA          16      /* vm_state_size_large + disk_size */
 #define QCOW2_SN_MAX_EXTRA          1024
+#define QCOW2_SN_MAX_TABLE          (UINT64_C(64) << 20)
 
 struct qcow2_check_ctx {
     struct vimg_node *node;
@@ -48,6 +51,9 @@ struct qcow2_check_ctx {
     uint64_t l2_offset;         /* the L2 table being counted */
     bool needs_rebuild;
     bool has_signalled;         /* "Image is corrupt" said once */
+    struct qcow2_check_sn *sn;  /* the snapshot table as read */
+    uint32_t n_sn;
+    bool sn_rewrite;            /* -r all repaired entries: the table is written anew */
 };
 
 static int
@@ -276,42 +282,163 @@ qcow2_check_l1(struct qcow2_check_ctx *c, uint64_t l1_offset, uint32_t l1_size, 
     return ret;
 }
 
+/* One snapshot table entry as check reads it (a too long extra part cut to its first KiB). */
+struct qcow2_check_sn {
+    uint8_t hdr[40];            /* the fixed part as on disk */
+    uint8_t *extra;             /* the first extra_len bytes of the extra data */
+    uint32_t extra_len;
+    uint32_t disk_extra;        /* the extra data size on disk */
+    char *id;
+    char *name;
+    uint16_t id_len;
+    uint16_t name_len;
+};
+
+static void
+qcow2_check_free_sn(struct qcow2_check_ctx *c)
+{
+    for (uint32_t i = 0; i < c->n_sn; i++) {
+        free(c->sn[i].extra);
+        free(c->sn[i].id);
+        free(c->sn[i].name);
+    }
+    free(c->sn);
+    c->sn = NULL;
+    c->n_sn = 0;
+}
+
+static bool
+qcow2_check_sn_incomplete(const struct qcow2_check_ctx *c, const struct qcow2_check_sn *e)
+{
+    return c->s->hdr.version >= 3 && e->disk_extra < QCOW2_SN_MIN_EXTRA;
+}
+
+static int
+qcow2_check_read_sn(struct qcow2_check_ctx *c, uint64_t off, uint32_t i, int fix,
+                    struct qcow2_check_sn *e, uint64_t *next, struct vimg_error *err)
+{
+    struct vimg_node *file = c->node->file;
+    uint64_t var;
+    int ret;
+
+    if ((ret = qcow2_read_meta(file, off, e->hdr, sizeof(e->hdr), err)) < 0)
+        return ret;
+    e->disk_extra = qcow2_be32(e->hdr + 36);
+    e->extra_len = e->disk_extra;
+    e->id_len = qcow2_be16(e->hdr + 12);
+    e->name_len = qcow2_be16(e->hdr + 14);
+    if (e->disk_extra > QCOW2_SN_MAX_EXTRA) {
+        if (!(fix & VIMG_CHECK_FIX_ERRORS)) {
+            vimg_warn("ERROR failed to read the snapshot table: Too much extra metadata in "
+                      "snapshot table entry %" PRIu32 "\nYou can force-remove this extra "
+                      "metadata with qemu-img check -r all", i);
+            return vimg_error_set(err, EFBIG, "%s", strerror(EFBIG));
+        }
+        vimg_warn("Discarding too much extra metadata in snapshot table entry %" PRIu32
+                  " (%" PRIu32 " > %u)", i, e->disk_extra, QCOW2_SN_MAX_EXTRA);
+        e->extra_len = QCOW2_SN_MAX_EXTRA;
+        c->sn_rewrite = true;
+    }
+    e->extra = malloc(e->extra_len ? e->extra_len : 1);
+    e->id = malloc((size_t)e->id_len + 1);
+    e->name = malloc((size_t)e->name_len + 1);
+    if (!e->extra || !e->id || !e->name)
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    var = off + 40 + e->disk_extra;
+    if ((ret = qcow2_read_meta(file, off + 40, e->extra, e->extra_len, err)) < 0 ||
+        (ret = qcow2_read_meta(file, var, e->id, e->id_len, err)) < 0 ||
+        (ret = qcow2_read_meta(file, var + e->id_len, e->name, e->name_len, err)) < 0)
+        return ret;
+    e->id[e->id_len] = '\0';
+    e->name[e->name_len] = '\0';
+    *next = off + qcow2_align_up(40 + (uint64_t)e->disk_extra + e->id_len + e->name_len, 8);
+    return 0;
+}
+
 /*
- * What QEMU's open refuses in a snapshot table, check opens and then fails
- * on, before anything else, with these words (a repair of them is not done).
+ * Reads the snapshot table. What QEMU's open refuses in it, check fails on
+ * before anything else, with these words; with -r all, as QEMU, overhanging
+ * entries are dropped (the header says so at once), too long extra data is
+ * cut and incomplete entries are completed: the table is rewritten after
+ * the refcounts are repaired.
  */
 static int
-qcow2_check_snapshot_table(struct qcow2_check_ctx *c, struct vimg_error *err)
+qcow2_check_snapshot_table(struct qcow2_check_ctx *c, int fix, struct vimg_error *err)
 {
     struct qcow2_state *s = c->s;
     uint64_t off = s->hdr.snapshots_offset;
-    uint8_t e[40];
     int ret;
 
     if (s->hdr.nb_snapshots > 65536) {
-        vimg_warn("ERROR snapshot table too large\nYou can force-remove all %" PRIu32
-                  " overhanging snapshots with qemu-img check -r all",
-                  s->hdr.nb_snapshots - 65536);
-        return vimg_error_set(err, EFBIG, "%s", strerror(EFBIG));
+        uint8_t buf[4];
+        if (!(fix & VIMG_CHECK_FIX_ERRORS)) {
+            vimg_warn("ERROR snapshot table too large\nYou can force-remove all %" PRIu32
+                      " overhanging snapshots with qemu-img check -r all",
+                      s->hdr.nb_snapshots - 65536);
+            return vimg_error_set(err, EFBIG, "%s", strerror(EFBIG));
+        }
+        vimg_warn("Discarding %" PRIu32 " overhanging snapshots", s->hdr.nb_snapshots - 65536);
+        qcow2_put_be32(buf, 65536);
+        if ((ret = qcow2_write_header_field(c->node, QCOW2_OFF_NB_SNAPSHOTS, buf, 4, err)) < 0 ||
+            (ret = vimg_node_flush(c->node->file, err)) < 0)
+            return ret;
+        s->hdr.nb_snapshots = 65536;
+        c->res->corruptions_fixed++;
+        c->sn_rewrite = true;
     }
     if (s->hdr.nb_snapshots && (off % s->cluster_size || off > (uint64_t)INT64_MAX -
                                 (uint64_t)s->hdr.nb_snapshots * 40)) {
         vimg_warn("ERROR snapshot table offset invalid");
         return vimg_error_set(err, EINVAL, "%s", strerror(EINVAL));
     }
+    if (!(c->sn = calloc(s->hdr.nb_snapshots ? s->hdr.nb_snapshots : 1, sizeof(*c->sn))))
+        return vimg_error_set(err, ENOMEM, "Out of memory");
     for (uint32_t i = 0; i < s->hdr.nb_snapshots; i++) {
-        uint32_t extra;
-        if ((ret = qcow2_read_meta(c->node->file, off, e, sizeof(e), err)) < 0)
+        const struct qcow2_check_sn *e = &c->sn[i];
+        uint64_t at = off;
+        c->n_sn = i + 1;
+        if ((ret = qcow2_check_read_sn(c, at, i, fix, &c->sn[i], &off, err)) < 0)
             return ret;
-        extra = qcow2_be32(e + 36);
-        if (extra > QCOW2_SN_MAX_EXTRA) {
-            vimg_warn("ERROR failed to read the snapshot table: Too much extra metadata in "
-                      "snapshot table entry %" PRIu32 "\nYou can force-remove this extra "
-                      "metadata with qemu-img check -r all", i);
-            return vimg_error_set(err, EFBIG, "%s", strerror(EFBIG));
+        /* QEMU's bound on the table (which also bounds what this reads). */
+        if (off - s->hdr.snapshots_offset > QCOW2_SN_MAX_TABLE) {
+            uint8_t buf[4];
+            if (!(fix & VIMG_CHECK_FIX_ERRORS)) {
+                vimg_warn("ERROR failed to read the snapshot table: Snapshot table is too "
+                          "big\nYou can force-remove all %" PRIu32 " overhanging snapshots "
+                          "with qemu-img check -r all", s->hdr.nb_snapshots - i);
+                return vimg_error_set(err, EFBIG, "%s", strerror(EFBIG));
+            }
+            vimg_warn("Discarding %" PRIu32 " overhanging snapshots (snapshot table is too "
+                      "big)", s->hdr.nb_snapshots - i);
+            qcow2_put_be32(buf, i);
+            if ((ret = qcow2_write_header_field(c->node, QCOW2_OFF_NB_SNAPSHOTS, buf, 4,
+                                                err)) < 0 ||
+                (ret = vimg_node_flush(c->node->file, err)) < 0)
+                return ret;
+            s->hdr.nb_snapshots = i;
+            c->res->corruptions_fixed++;
+            c->sn_rewrite = true;
+            free(c->sn[i].extra);
+            free(c->sn[i].id);
+            free(c->sn[i].name);
+            c->n_sn = i;
+            off = at;
+            break;
         }
-        off += qcow2_align_up(40 + (uint64_t)extra + qcow2_be16(e + 12) + qcow2_be16(e + 14),
-                              8);
+        /* The table ends where its last entry does, unpadded. */
+        c->snapshots_size = off - qcow2_align_up(40 + (uint64_t)e->disk_extra + e->id_len +
+                                                 e->name_len, 8) +
+                            40 + e->disk_extra + e->id_len + e->name_len -
+                            s->hdr.snapshots_offset;
+    }
+    if (!(fix & VIMG_CHECK_FIX_ERRORS))
+        return 0;
+    for (uint32_t i = 0; i < c->n_sn; i++) {
+        if (!qcow2_check_sn_incomplete(c, &c->sn[i]))
+            continue;
+        vimg_warn("Repairing snapshot table entry %" PRIu32 " is incomplete", i);
+        c->res->corruptions_fixed++;
+        c->sn_rewrite = true;
     }
     return 0;
 }
@@ -321,59 +448,161 @@ static int
 qcow2_check_snapshots(struct qcow2_check_ctx *c, struct vimg_error *err)
 {
     struct qcow2_state *s = c->s;
-    uint64_t off = s->hdr.snapshots_offset;
-    uint8_t e[40];
-    char *id = malloc(2 * 65536 + 2), *name = id + 65536 + 1;
     int ret = 0;
 
-    if (!id)
-        return vimg_error_set(err, ENOMEM, "Out of memory");
-    for (uint32_t i = 0; i < s->hdr.nb_snapshots; i++) {
-        uint64_t l1_off;
-        uint32_t l1_size, extra;
-        uint16_t id_len, name_len;
-        if ((ret = qcow2_read_meta(c->node->file, off, e, sizeof(e), err)) < 0)
-            break;
-        l1_off = qcow2_be64(e);
-        l1_size = qcow2_be32(e + 8);
-        id_len = qcow2_be16(e + 12);
-        name_len = qcow2_be16(e + 14);
-        extra = qcow2_be32(e + 36);
-        if (extra > QCOW2_SN_MAX_EXTRA) {
-            ret = vimg_error_set(err, EFBIG, "Too much extra metadata in snapshot table "
-                                 "entry %" PRIu32, i);
-            break;
-        }
-        if ((ret = qcow2_read_meta(c->node->file, off + 40 + extra, id, id_len, err)) < 0 ||
-            (ret = qcow2_read_meta(c->node->file, off + 40 + extra + id_len, name, name_len,
-                                   err)) < 0)
-            break;
-        id[id_len] = '\0';
-        off += qcow2_align_up(40 + (uint64_t)extra + id_len + name_len, 8);
-        if (s->hdr.version >= 3 && extra < QCOW2_SN_MIN_EXTRA) {
+    for (uint32_t i = 0; i < c->n_sn && ret == 0; i++) {
+        const struct qcow2_check_sn *e = &c->sn[i];
+        uint64_t l1_off = qcow2_be64(e->hdr);
+        uint32_t l1_size = qcow2_be32(e->hdr + 8);
+        if (qcow2_check_sn_incomplete(c, e) && !(c->fix & VIMG_CHECK_FIX_ERRORS)) {
             vimg_warn("ERROR snapshot table entry %" PRIu32 " is incomplete", i);
             c->res->corruptions++;
         }
         if (l1_off % s->cluster_size) {
-            vimg_warn("ERROR snapshot %s (%.*s) l1_offset=%#" PRIx64 ": L1 table is not "
-                      "cluster aligned; snapshot table entry corrupted", id, (int)name_len,
-                      (const char *)name, l1_off);
+            vimg_warn("ERROR snapshot %s (%s) l1_offset=%#" PRIx64 ": L1 table is not "
+                      "cluster aligned; snapshot table entry corrupted", e->id, e->name,
+                      l1_off);
             c->res->corruptions++;
             continue;
         }
         if (l1_size > QCOW2_MAX_L1_BYTES / 8) {
-            vimg_warn("ERROR snapshot %s (%.*s) l1_size=%#" PRIx32 ": L1 table is too large; "
-                      "snapshot table entry corrupted", id, (int)name_len, (const char *)name,
-                      l1_size);
+            vimg_warn("ERROR snapshot %s (%s) l1_size=%#" PRIx32 ": L1 table is too large; "
+                      "snapshot table entry corrupted", e->id, e->name, l1_size);
             c->res->corruptions++;
             continue;
         }
-        if ((ret = qcow2_check_l1(c, l1_off, l1_size, false, err)) < 0)
-            break;
+        ret = qcow2_check_l1(c, l1_off, l1_size, false, err);
     }
-    free(id);
-    c->snapshots_size = off - s->hdr.snapshots_offset;
     return ret;
+}
+
+/* Sets the corrupt bit in the header, as QEMU does with each corruption event it reports. */
+static int
+qcow2_check_set_corrupt(struct qcow2_check_ctx *c, struct vimg_error *err)
+{
+    struct qcow2_state *s = c->s;
+    uint8_t buf[8];
+    int ret;
+
+    s->hdr.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
+    s->is_corrupt = true;
+    qcow2_put_be64(buf, s->hdr.incompatible_features);
+    if ((ret = qcow2_write_header_field(c->node, QCOW2_OFF_INCOMPATIBLE_FEATURES, buf, 8,
+                                        err)) < 0)
+        return ret;
+    return vimg_node_flush(c->node->file, err);
+}
+
+/* A write onto metadata refused, as QEMU refuses it: the first one is reported. */
+static int
+qcow2_check_mark_corrupt(struct qcow2_check_ctx *c, const char *what, struct vimg_error *err)
+{
+    if (!c->has_signalled)
+        vimg_warn("qcow2: Marking image as corrupt: Preventing invalid write on metadata "
+                  "(overlaps with %s); further corruption events will be suppressed", what);
+    c->has_signalled = true;
+    return qcow2_check_set_corrupt(c, err);
+}
+
+/* The repaired table: extra data completed (size, icount unknown), the last entry unpadded. */
+static uint8_t *
+qcow2_check_encode_sn(const struct qcow2_check_ctx *c, uint64_t *size_out)
+{
+    uint64_t size = 0, at = 0;
+    uint8_t *buf;
+
+    for (uint32_t i = 0; i < c->n_sn; i++) {
+        const struct qcow2_check_sn *e = &c->sn[i];
+        size = qcow2_align_up(size, 8) + 40 + (e->extra_len > 24 ? e->extra_len : 24) +
+               e->id_len + e->name_len;
+    }
+    if (!(buf = calloc(1, size ? size : 1)))
+        return NULL;
+    for (uint32_t i = 0; i < c->n_sn; i++) {
+        const struct qcow2_check_sn *e = &c->sn[i];
+        uint32_t len = e->extra_len > 24 ? e->extra_len : 24;
+        uint8_t *h = buf + (at = qcow2_align_up(at, 8)), *x = h + 40;
+        memcpy(h, e->hdr, 40);
+        qcow2_put_be32(h + 36, len);
+        memcpy(x, e->extra, e->extra_len);
+        if (e->extra_len < 8)
+            qcow2_put_be64(x, qcow2_be32(e->hdr + 32));
+        if (e->extra_len < 16)
+            qcow2_put_be64(x + 8, c->s->hdr.size);
+        if (e->extra_len < 24)
+            qcow2_put_be64(x + 16, UINT64_MAX);
+        memcpy(x + len, e->id, e->id_len);
+        memcpy(x + len + e->id_len, e->name, e->name_len);
+        at += 40 + len + e->id_len + e->name_len;
+    }
+    *size_out = size;
+    return buf;
+}
+
+/*
+ * Writes the repaired snapshot table at newly allocated clusters, then frees
+ * the old one. As QEMU, a new place that overlaps the old table as its
+ * entries measured it is refused (the image is marked corrupt), and an old
+ * table whose clusters are not counted stays where it is.
+ */
+static int
+qcow2_check_write_sn(struct qcow2_check_ctx *c, struct vimg_error *err)
+{
+    struct qcow2_state *s = c->s;
+    struct vimg_node *node = c->node;
+    uint64_t old_off = s->hdr.snapshots_offset, old_size = c->snapshots_size;
+    uint64_t size, off = 0, cs = s->cluster_size;
+    uint8_t *buf = qcow2_check_encode_sn(c, &size), hdr[12];
+    bool can_free = old_size > 0;
+    int ret;
+
+    if (!buf)
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    ret = c->n_sn ? qcow2_alloc_clusters(node, (size + cs - 1) / cs, &off, err) : 0;
+    if (ret == 0)
+        ret = qcow2_flush_metadata(node, err);
+    if (ret == 0 && size && old_size && off < qcow2_align_up(old_off + old_size, cs) &&
+        old_off - old_off % cs < off + size) {
+        if ((ret = qcow2_check_mark_corrupt(c, "snapshot table", err)) == 0) {
+            vimg_warn("ERROR failed to update snapshot table: %s", strerror(EIO));
+            ret = vimg_error_set(err, EIO, "%s", strerror(EIO));
+        }
+    }
+    if (ret == 0 && size)
+        ret = qcow2_pwrite_file(node->file, off, buf, size, err);
+    free(buf);
+    if (ret == 0)
+        ret = vimg_node_flush(node->file, err);
+    if (ret < 0)
+        return ret;
+    qcow2_put_be32(hdr, c->n_sn);
+    qcow2_put_be64(hdr + 4, off);
+    if ((ret = qcow2_write_header_field(node, QCOW2_OFF_NB_SNAPSHOTS, hdr, 12, err)) < 0 ||
+        (ret = vimg_node_flush(node->file, err)) < 0)
+        return ret;
+    s->hdr.nb_snapshots = c->n_sn;
+    s->hdr.snapshots_offset = off;
+    for (uint64_t ci = old_off / cs; can_free && ci <= (old_off + old_size - 1) / cs; ci++) {
+        uint64_t rc;
+        if (qcow2_get_refcount(node, ci, &rc, NULL) < 0 || rc == 0)
+            can_free = false;
+    }
+    if (!can_free) {
+        if (old_size)
+            vimg_warn("qcow2_free_clusters failed: %s", strerror(EINVAL));
+        return 0;
+    }
+    if ((ret = qcow2_free_clusters(node, old_off, old_size, err)) < 0)
+        return ret;
+    for (uint64_t ci = old_off / cs; ci <= (old_off + old_size - 1) / cs; ci++) {
+        uint64_t rc;
+        if ((ret = qcow2_get_refcount(node, ci, &rc, err)) < 0)
+            return ret;
+        if (rc == 0 && (ret = vimg_node_discard(node->file, ci * cs, cs, NULL)) < 0 &&
+            ret != -ENOTSUP)
+            return vimg_error_set(err, -ret, "Could not discard cluster 0x%" PRIx64, ci * cs);
+    }
+    return qcow2_flush_metadata(node, err);
 }
 
 static int
@@ -508,6 +737,8 @@ qcow2_check_stored(struct qcow2_check_ctx *c, uint64_t i, uint64_t *rc)
             vimg_warn("qcow2: Marking image as corrupt: %s; further corruption events will "
                       "be suppressed", e.msg);
         c->has_signalled = true;
+        if (!c->node->is_read_only)
+            (void)qcow2_check_set_corrupt(c, NULL);
     }
     return ret;
 }
@@ -522,7 +753,13 @@ qcow2_check_adjust(struct qcow2_check_ctx *c, uint64_t i, uint64_t stored, uint6
         ret = qcow2_update_refcount(c->node, i * c->s->cluster_size, 1, 1, err);
     for (; stored > value && ret == 0; stored--)
         ret = qcow2_update_refcount(c->node, i * c->s->cluster_size, 1, -1, err);
-    return ret;
+    /* As QEMU, a cluster a repair frees is discarded in the file. */
+    if (ret == 0 && value == 0 && stored == 0 &&
+        (ret = vimg_node_discard(c->node->file, i * c->s->cluster_size, c->s->cluster_size,
+                                 NULL)) < 0 && ret != -ENOTSUP)
+        return vimg_error_set(err, -ret, "Could not discard cluster 0x%" PRIx64,
+                              i * c->s->cluster_size);
+    return ret == -ENOTSUP ? 0 : ret;
 }
 
 static int
@@ -673,6 +910,20 @@ fail:
     return ret;
 }
 
+/* Whether the cluster at offset holds a refcount block the old table names (aligned or not). */
+static bool
+qcow2_check_on_old_refblock(const struct qcow2_check_ctx *c, uint64_t offset)
+{
+    const struct qcow2_state *s = c->s;
+
+    for (uint32_t i = 0; i < s->rt_size; i++) {
+        uint64_t rb = s->rt[i] & QCOW2_RT_OFFSET_MASK;
+        if (rb && rb / s->cluster_size == offset / s->cluster_size)
+            return true;
+    }
+    return false;
+}
+
 static int
 qcow2_check_write_rebuild(struct qcow2_check_ctx *c, const uint64_t *rb, uint64_t n_rb,
                           uint64_t n_rt, uint64_t rt_first, struct vimg_error *err)
@@ -694,6 +945,14 @@ qcow2_check_write_rebuild(struct qcow2_check_ctx *c, const uint64_t *rb, uint64_
             qcow2_refcount_set_raw(s, block, j, c->refs[ti * s->rb_entries + j] < max
                                    ? c->refs[ti * s->rb_entries + j] : max);
         qcow2_put_be64(table + ti * 8, rb[ti]);
+        if (qcow2_check_on_old_refblock(c, rb[ti])) {
+            /* As QEMU: a write onto a block the old table names is refused. */
+            if ((ret = qcow2_check_mark_corrupt(c, "refcount block", err)) < 0)
+                break;
+            vimg_warn("ERROR writing refblock: %s", strerror(EIO));
+            ret = vimg_error_set(err, EIO, "%s", strerror(EIO));
+            break;
+        }
         if ((ret = qcow2_pwrite_file(c->node->file, rb[ti], block, s->cluster_size, err)) < 0)
             vimg_error_prefix(err, "ERROR writing refblock");
     }
@@ -914,11 +1173,15 @@ qcow2_check_locked(struct vimg_node *node, int fix, struct vimg_check_result *re
     if (!node->is_read_only && (ret = qcow2_flush_metadata(node, err)) < 0)
         return ret;
     result->total_clusters = (int64_t)((s->hdr.size + s->cluster_size - 1) / s->cluster_size);
-    if ((ret = qcow2_check_snapshot_table(&c, err)) < 0) {
+    if ((ret = qcow2_check_snapshot_table(&c, fix, err)) < 0) {
+        qcow2_check_free_sn(&c);
         memset(result, 0, sizeof(*result));
         return ret;
     }
     ret = qcow2_check_refcounts(&c, fix, err);
+    if (ret == 0 && c.sn_rewrite)
+        ret = qcow2_check_write_sn(&c, err);
+    qcow2_check_free_sn(&c);
     free(c.refs);
     if (ret == 0 && !node->is_read_only)
         ret = qcow2_flush_metadata(node, err);

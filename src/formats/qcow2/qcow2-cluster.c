@@ -321,19 +321,28 @@ qcow2_read_impl(struct vimg_node *node, uint64_t offset, uint64_t bytes,
 
     while (done < bytes) {
         struct qcow2_mapping m;
-        struct iovec *sub;
+        struct iovec *sub = NULL;
         int n_sub, ret;
+        bool is_host;
 
         if (!is_locked)
             pthread_mutex_lock(&s->lock);
         ret = qcow2_get_mapping(node, offset + done, bytes - done, &m, err);
+        /* Data in our file: its clusters must not be freed and reused until read. */
+        is_host = !is_locked && ret == 0 && (m.kind == QCOW2_NORMAL ||
+                                             m.kind == QCOW2_COMPRESSED);
+        if (is_host)
+            pthread_rwlock_rdlock(&s->io_lock);
         if (!is_locked)
             pthread_mutex_unlock(&s->lock);
         if (ret < 0)
             return ret;
         if (vimg_iov_slice(iov, n_iov, done, m.bytes, &sub, &n_sub) < 0)
-            return vimg_error_set(err, ENOMEM, "Out of memory");
-        ret = qcow2_read_run(node, &m, offset + done, sub, n_sub, err);
+            ret = vimg_error_set(err, ENOMEM, "Out of memory");
+        else
+            ret = qcow2_read_run(node, &m, offset + done, sub, n_sub, err);
+        if (is_host)
+            pthread_rwlock_unlock(&s->io_lock);
         free(sub);
         if (ret < 0)
             return ret;
@@ -664,12 +673,17 @@ qcow2_write_locked(struct vimg_node *node, uint64_t offset, uint64_t bytes,
         if (ret == 0 && is_in_place)
             ret = qcow2_grow_file(qcow2_data_node(node), host + len, err);
         if (ret == 0 && is_in_place) {
-            /* Allocated and ours alone: the data goes straight there, outside the lock. */
+            /*
+             * Allocated and ours alone: the data goes straight there, outside the
+             * lock (io_lock keeps the clusters from being freed and reused first).
+             */
+            pthread_rwlock_rdlock(&s->io_lock);
             pthread_mutex_unlock(&s->lock);
             ret = s->crypt ? qcow2_crypt_write(node, qcow2_data_node(node), host, pos, len,
                                                sub, n_sub, err)
                            : vimg_node_pwritev(qcow2_data_node(node), host, len, sub, n_sub,
                                                0, err);
+            pthread_rwlock_unlock(&s->io_lock);
             pthread_mutex_lock(&s->lock);
         } else if (ret == 0) {
             ret = qcow2_write_alloc(node, cl, in, len, sub, n_sub, err);
@@ -719,7 +733,7 @@ qcow2_write_zero_data(struct vimg_node *node, uint64_t offset, uint64_t bytes,
  */
 static int
 qcow2_zero_clusters(struct vimg_node *node, uint64_t cl, uint64_t in, uint64_t len,
-                    bool may_unmap, bool is_discard, struct vimg_error *err)
+                    bool may_unmap, bool is_discard, bool no_fallback, struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
     uint64_t index = (cl / s->cluster_size) % s->l2_entries;
@@ -739,8 +753,12 @@ qcow2_zero_clusters(struct vimg_node *node, uint64_t cl, uint64_t in, uint64_t l
         return 0;
     if (s->has_extended_l2) {
         /* Part of a cluster whose data is not ours alone: write the zeros as data. */
-        if (!is_whole && !is_ours && (entry & ~QCOW2_OFLAG_COPIED))
+        if (!is_whole && !is_ours && (entry & ~QCOW2_OFLAG_COPIED)) {
+            if (no_fallback)
+                return vimg_error_set(err, ENOTSUP, "Zero write of part of a shared cluster "
+                                      "needs the zeros written as data");
             return qcow2_write_zero_data(node, cl + in, len, err);
+        }
         mask = qcow2_sc_mask(s, in, in + len);
         keep = is_ours && (!may_unmap || !is_whole);
         if (keep || !is_whole)
@@ -788,33 +806,52 @@ qcow2_reads_zero(struct vimg_node *node, uint64_t offset, uint64_t bytes, bool *
     return 0;
 }
 
+/* Does [offset, +bytes) read as zeros already? An empty range does. */
+static int
+qcow2_reads_zero_or_empty(struct vimg_node *node, uint64_t offset, uint64_t bytes,
+                          bool *is_zero, struct vimg_error *err)
+{
+    *is_zero = true;
+    return bytes ? qcow2_reads_zero(node, offset, bytes, is_zero, err) : 0;
+}
+
 /*
- * A piece of one subcluster: as QEMU does, when the whole subcluster already
- * reads as zeros it gets the zero flag, else the zeros are written as data.
+ * A piece of one subcluster. As QEMU does, the whole subcluster gets the
+ * zero flag when the rest of it already reads as zeros and it holds no data
+ * of its own (unallocated or zero); else the zeros are written as data, or
+ * with no_fallback (VIMG_REQ_NO_FALLBACK) the request fails with ENOTSUP.
  */
 static int
 qcow2_zero_partial(struct vimg_node *node, uint64_t pos, uint64_t len, bool may_unmap,
-                   struct vimg_error *err)
+                   bool no_fallback, struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
     uint64_t sc = pos - pos % s->subcluster_size;
     uint64_t cl = pos - pos % s->cluster_size;
-    bool is_zero;
+    struct qcow2_mapping m;
+    bool head_zero, tail_zero;
     int ret;
 
-    if ((ret = qcow2_reads_zero(node, sc, s->subcluster_size, &is_zero, err)) < 0)
+    if ((ret = qcow2_reads_zero_or_empty(node, sc, pos - sc, &head_zero, err)) < 0 ||
+        (ret = qcow2_reads_zero_or_empty(node, pos + len, sc + s->subcluster_size - pos - len,
+                                         &tail_zero, err)) < 0 ||
+        (ret = qcow2_get_mapping(node, sc, s->subcluster_size, &m, err)) < 0)
         return ret;
-    if (is_zero && s->hdr.version >= 3)
+    if (head_zero && tail_zero && (m.kind == QCOW2_ZERO || m.kind == QCOW2_UNALLOCATED)) {
+        if (s->hdr.version < 3)
+            return 0;
         return qcow2_zero_clusters(node, cl, sc - cl, s->subcluster_size, may_unmap, false,
-                                   err);
-    if (is_zero)
-        return 0;
+                                   no_fallback, err);
+    }
+    if (no_fallback)
+        return vimg_error_set(err, ENOTSUP, "Zero write of part of a cluster needs the "
+                              "zeros written as data");
     return qcow2_write_zero_data(node, pos, len, err);
 }
 
 static int
 qcow2_zero_locked(struct vimg_node *node, uint64_t offset, uint64_t bytes, bool may_unmap,
-                  struct vimg_error *err)
+                  bool no_fallback, struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
     uint64_t done = 0;
@@ -833,13 +870,14 @@ qcow2_zero_locked(struct vimg_node *node, uint64_t offset, uint64_t bytes, bool 
             head = len;
         mid = (len - head) / s->subcluster_size * s->subcluster_size;
         tail = len - head - mid;
-        if (head && (ret = qcow2_zero_partial(node, pos, head, may_unmap, err)) < 0)
+        if (head && (ret = qcow2_zero_partial(node, pos, head, may_unmap, no_fallback,
+                                              err)) < 0)
             return ret;
         if (mid && (ret = qcow2_zero_clusters(node, cl, in + head, mid, may_unmap, false,
-                                              err)) < 0)
+                                              no_fallback, err)) < 0)
             return ret;
         if (tail && (ret = qcow2_zero_partial(node, pos + head + mid, tail, may_unmap,
-                                              err)) < 0)
+                                              no_fallback, err)) < 0)
             return ret;
         done += len;
     }
@@ -866,7 +904,8 @@ qcow2_zero(struct vimg_node *node, uint64_t offset, uint64_t bytes, unsigned fla
     if (offset + bytes >= qcow2_align_up(s->hdr.size, 512))
         bytes = qcow2_align_up(offset + bytes, s->subcluster_size) - offset;
     pthread_mutex_lock(&s->lock);
-    ret = qcow2_zero_locked(node, offset, bytes, flags & VIMG_REQ_MAY_UNMAP, err);
+    ret = qcow2_zero_locked(node, offset, bytes, flags & VIMG_REQ_MAY_UNMAP,
+                            flags & VIMG_REQ_NO_FALLBACK, err);
     pthread_mutex_unlock(&s->lock);
     return ret;
 }
@@ -901,7 +940,7 @@ qcow2_discard_range(struct vimg_node *node, uint64_t offset, uint64_t bytes,
         return 0;
     pthread_mutex_lock(&s->lock);
     for (uint64_t cl = start; cl < end && ret == 0; cl += s->cluster_size)
-        ret = qcow2_zero_clusters(node, cl, 0, s->cluster_size, true, true, err);
+        ret = qcow2_zero_clusters(node, cl, 0, s->cluster_size, true, true, false, err);
     pthread_mutex_unlock(&s->lock);
     return ret;
 }
@@ -968,28 +1007,34 @@ qcow2_grow_l1(struct vimg_node *node, uint64_t min_size, struct vimg_error *err)
     return 0;
 }
 
-/* A cluster for preallocation: one that was freed may hold old data, so it is zeroed. */
+/*
+ * n contiguous clusters for preallocation, as QEMU takes them (a hole too
+ * small for the run is passed over). Ones that were freed may hold old data,
+ * so the part of the run inside the file is zeroed.
+ */
 static int
-qcow2_prealloc_cluster(struct vimg_node *node, uint64_t *host, struct vimg_error *err)
+qcow2_prealloc_run(struct vimg_node *node, uint64_t n, uint64_t *host, struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
+    uint64_t end;
     int64_t len;
     int ret;
 
-    if ((ret = qcow2_alloc_clusters(node, 1, host, err)) < 0)
+    if ((ret = qcow2_alloc_clusters(node, n, host, err)) < 0)
         return ret;
     if ((len = vimg_node_length(node->file, err)) < 0)
         return (int)len;
     if (*host >= (uint64_t)len)
         return 0;
-    if ((ret = qcow2_grow_file(node->file, *host + s->cluster_size, err)) < 0)
-        return ret;
-    return vimg_node_pwrite_zeroes(node->file, *host, s->cluster_size, 0, err);
+    end = *host + n * s->cluster_size < (uint64_t)len ? *host + n * s->cluster_size
+                                                       : (uint64_t)len;
+    return vimg_node_pwrite_zeroes(node->file, *host, end - *host, 0, err);
 }
 
 /*
  * preallocation=metadata: every guest cluster of [offset, +bytes) gets a host
- * cluster (or, with a data file, its fixed mapping).
+ * cluster (or, with a data file, its fixed mapping). Like QEMU, the clusters
+ * of one L2 table that need one get a contiguous run.
  */
 int
 qcow2_preallocate_metadata(struct vimg_node *node, uint64_t offset, uint64_t bytes,
@@ -1000,20 +1045,28 @@ qcow2_preallocate_metadata(struct vimg_node *node, uint64_t offset, uint64_t byt
     int ret = 0;
 
     pthread_mutex_lock(&s->lock);
-    for (uint64_t cl = offset - offset % s->cluster_size; cl < end && ret == 0;
-         cl += s->cluster_size) {
-        uint64_t index = (cl / s->cluster_size) % s->l2_entries, host = cl;
+    for (uint64_t cl = offset - offset % s->cluster_size; cl < end && ret == 0;) {
+        uint64_t index = (cl / s->cluster_size) % s->l2_entries, host = cl, n = 1;
         uint8_t *l2;
         if ((ret = qcow2_get_l2(node, cl, true, &l2, err)) < 0)
             break;
-        if (qcow2_entry_has_host(s, qcow2_l2_entry(s, l2, index)))
+        if (qcow2_entry_has_host(s, qcow2_l2_entry(s, l2, index))) {
+            cl += s->cluster_size;
             continue;
-        if (!s->has_data_file && (ret = qcow2_prealloc_cluster(node, &host, err)) < 0)
+        }
+        /* The run: the clusters after it in this L2 table that have no host cluster either. */
+        while (index + n < s->l2_entries && cl + n * s->cluster_size < end &&
+               !qcow2_entry_has_host(s, qcow2_l2_entry(s, l2, index + n)))
+            n++;
+        if (!s->has_data_file && (ret = qcow2_prealloc_run(node, n, &host, err)) < 0)
             break;
         if ((ret = qcow2_get_l2(node, cl, true, &l2, err)) < 0)
             break;
         /* With subclusters, all stay unallocated: the backing file still shows through. */
-        qcow2_set_l2(s, l2, index, host | QCOW2_OFLAG_COPIED, 0);
+        for (uint64_t i = 0; i < n; i++)
+            qcow2_set_l2(s, l2, index + i, (host + i * s->cluster_size) | QCOW2_OFLAG_COPIED,
+                         0);
+        cl += n * s->cluster_size;
     }
     if (ret == 0)
         ret = qcow2_flush_metadata(node, err);

@@ -335,6 +335,14 @@ qcow2_update_refcount(struct vimg_node *node, uint64_t offset, uint64_t bytes, i
     uint64_t end = bytes ? (offset + bytes - 1) / s->cluster_size + 1 : first;
     int ret;
 
+    /*
+     * Wait out data I/O still in flight to clusters mapped before the caller
+     * changed the metadata: once their count drops they may be reused.
+     */
+    if (delta < 0 && end > first) {
+        pthread_rwlock_wrlock(&s->io_lock);
+        pthread_rwlock_unlock(&s->io_lock);
+    }
     for (uint64_t ci = first; ci < end; ci++) {
         uint8_t *block;
         uint64_t rc;

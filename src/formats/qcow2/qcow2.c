@@ -265,6 +265,7 @@ qcow2_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
     int ret;
 
     pthread_mutex_init(&s->lock, NULL);
+    pthread_rwlock_init(&s->io_lock, NULL);
     s->is_check_open = flags & VIMG_OPEN_CHECK;
     if ((ret = qcow2_read_header(node, s, err)) < 0)
         goto fail;
@@ -296,6 +297,7 @@ qcow2_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
     return 0;
 fail:
     qcow2_free_state(s);
+    pthread_rwlock_destroy(&s->io_lock);
     pthread_mutex_destroy(&s->lock);
     return ret;
 }
@@ -325,6 +327,7 @@ qcow2_close(struct vimg_node *node)
         (s->hdr.incompatible_features & QCOW2_INCOMPAT_DIRTY))
         qcow2_mark_clean_on_close(node);
     qcow2_free_state(s);
+    pthread_rwlock_destroy(&s->io_lock);
     pthread_mutex_destroy(&s->lock);
 }
 
@@ -465,13 +468,117 @@ qcow2_extend_storage(struct vimg_node *node, uint64_t old_size, int prealloc,
     int64_t len = vimg_node_length(data, err);
     const char *mode = prealloc == VIMG_PREALLOC_FULL ? "full"
                        : prealloc == VIMG_PREALLOC_FALLOC ? "falloc" : "off";
+    int ret;
 
     (void)old_size;
     if (len < 0)
         return (int)len;
     if ((uint64_t)len >= end)
         return 0;
-    return vimg_node_truncate(data, end, true, mode, err);
+    ret = vimg_node_truncate(data, end, true, mode, err);
+    /* As QEMU's words for falloc and full in the image file (not a data file). */
+    if (ret < 0 && !s->has_data_file &&
+        (prealloc == VIMG_PREALLOC_FALLOC || prealloc == VIMG_PREALLOC_FULL))
+        vimg_error_prefix(err, "Failed to resize underlying file: ");
+    return ret;
+}
+
+/* Is the cluster at guest offset cl without a host cluster (lock not held)? */
+static int
+qcow2_is_unallocated(struct vimg_node *node, uint64_t cl, bool *is_unalloc,
+                     struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    struct qcow2_mapping m;
+    int ret;
+
+    pthread_mutex_lock(&s->lock);
+    ret = qcow2_get_mapping(node, cl, 1, &m, err);
+    pthread_mutex_unlock(&s->lock);
+    *is_unalloc = ret == 0 && m.kind == QCOW2_UNALLOCATED && !(m.l2_entry & QCOW2_OFFSET_MASK);
+    return ret;
+}
+
+/* Writes len bytes of buf at in of the host cluster of the guest cluster at cl, if it has one. */
+static int
+qcow2_write_in_host_cluster(struct vimg_node *node, uint64_t cl, uint64_t in, const void *buf,
+                            uint64_t len, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    struct qcow2_mapping m;
+    int ret;
+
+    pthread_mutex_lock(&s->lock);
+    ret = qcow2_get_mapping(node, cl, 1, &m, err);
+    if (ret == 0 && m.kind == QCOW2_NORMAL)
+        ret = qcow2_pwrite_file(node->file, m.host_offset + in, buf, len, err);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/*
+ * Growth with preallocation=metadata and no subclusters: QEMU's copy-on-write
+ * writes the parts of the clusters it allocates that lie outside the new
+ * range, so the file holds them (and its map shows them as data): what the
+ * guest read before the old end in the first one, zeros past the new end in
+ * the last one. Before the growth, *head gets the guest's data of a first
+ * cluster that has no host cluster yet, and *tail whether the last one needs
+ * its zeros.
+ */
+static int
+qcow2_prealloc_cow_prepare(struct vimg_node *node, uint64_t old_size, uint64_t size,
+                           uint8_t **head, bool *tail, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t cs = s->cluster_size, head_len = old_size % cs;
+    bool is_unalloc;
+    int ret;
+
+    *head = NULL;
+    *tail = false;
+    if (size <= old_size || s->has_data_file || s->has_extended_l2 || s->crypt)
+        return 0;
+    if (head_len) {
+        if ((ret = qcow2_is_unallocated(node, old_size - head_len, &is_unalloc, err)) < 0)
+            return ret;
+        if (is_unalloc) {
+            if (!(*head = malloc(head_len)))
+                return vimg_error_set(err, ENOMEM, "Out of memory");
+            ret = qcow2_read(node, old_size - head_len, head_len,
+                             &(struct iovec){ .iov_base = *head, .iov_len = head_len }, 1,
+                             err);
+            if (ret < 0) {
+                free(*head);
+                *head = NULL;
+                return ret;
+            }
+        }
+    }
+    if (size % cs)
+        *tail = (size - 1) / cs * cs >= old_size || *head;
+    return 0;
+}
+
+static int
+qcow2_prealloc_cow_finish(struct vimg_node *node, uint64_t old_size, uint64_t size,
+                          const uint8_t *head, bool tail, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t cs = s->cluster_size;
+    uint8_t *zeros;
+    int ret;
+
+    if (head && (ret = qcow2_write_in_host_cluster(node, old_size / cs * cs, 0, head,
+                                                   old_size % cs, err)) < 0)
+        return ret;
+    if (!tail)
+        return 0;
+    if (!(zeros = calloc(1, cs - size % cs)))
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    ret = qcow2_write_in_host_cluster(node, (size - 1) / cs * cs, size % cs, zeros,
+                                      cs - size % cs, err);
+    free(zeros);
+    return ret;
 }
 
 static int
@@ -480,12 +587,20 @@ qcow2_truncate(struct vimg_node *node, uint64_t size, bool is_exact, int preallo
 {
     struct qcow2_state *s = node->state;
     uint64_t old_size = s->hdr.size;
-    int ret;
+    uint8_t *head = NULL;
+    bool tail = false;
+    int ret = 0;
 
     (void)is_exact;
-    ret = qcow2_resize(node, size, prealloc, err);
+    if (prealloc == VIMG_PREALLOC_METADATA)
+        ret = qcow2_prealloc_cow_prepare(node, old_size, size, &head, &tail, err);
+    if (ret == 0)
+        ret = qcow2_resize(node, size, prealloc, err);
     if (ret == 0 && prealloc != VIMG_PREALLOC_OFF && size > old_size)
         ret = qcow2_preallocate_metadata(node, old_size, size - old_size, err);
+    if (ret == 0 && (head || tail))
+        ret = qcow2_prealloc_cow_finish(node, old_size, size, head, tail, err);
+    free(head);
     if (ret == 0 && (prealloc != VIMG_PREALLOC_OFF || s->has_data_file))
         ret = qcow2_extend_storage(node, old_size, prealloc, err);
     return ret;

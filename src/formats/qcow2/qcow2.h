@@ -169,6 +169,13 @@ struct qcow2_state {
     uint64_t bitmaps_dir_offset, bitmaps_dir_size;
     uint32_t nb_bitmaps;
 
+    /*
+     * Data I/O done outside lock to a host cluster it mapped (reads, in-place
+     * writes) holds io_lock shared, taken before lock is dropped. Dropping a
+     * refcount takes it exclusively once, with lock held, so no cluster can be
+     * freed and handed out again while such I/O to it is still in flight.
+     */
+    pthread_rwlock_t io_lock;
     /* lock protects everything below it and the metadata on disk. */
     pthread_mutex_t lock;
     uint64_t *l1;                   /* host byte order */
@@ -364,6 +371,8 @@ int qcow2_bitmaps_mark_dirty(struct vimg_node *node, uint64_t offset, uint64_t b
                              struct vimg_error *err);
 /* Stores the bitmaps that recorded writes (at close). */
 int qcow2_bitmaps_store(struct vimg_node *node, struct vimg_error *err);
+/* After a resize from old_size: the bitmaps take the new size (stored at close); lock held. */
+int qcow2_bitmaps_resize(struct vimg_node *node, uint64_t old_size, struct vimg_error *err);
 /* Removes every bitmap and the bitmaps extension (amend's downgrade); lock held. */
 int qcow2_bitmaps_drop_all(struct vimg_node *node, struct vimg_error *err);
 int qcow2_bitmap_read(struct vimg_node *node, const char *name, uint8_t **bits,
