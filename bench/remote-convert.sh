@@ -1,18 +1,25 @@
 #!/bin/bash
 # Benchmark: `vimg convert` against `qemu-img convert` of a 1 GiB image
 # (SIZE) to remote targets: ssh (an sshd started here on a free loopback
-# port, key held by an own ssh-agent) and gluster (a one-node glusterd and
-# volume started here, brick in the scratch directory), as raw and as qcow2.
+# port, key held by an own ssh-agent), gluster (a one-node glusterd and
+# volume started here, brick in the scratch directory), nbd (qemu-nbd on a
+# unix socket serving a sparse raw file) and iscsi (tgtd on a free loopback
+# port, a sparse file as LUN), as raw and as qcow2. Both tools convert into
+# the nbd and iscsi exports with -n (vimg does not create on them; qemu-img
+# would), a qcow2 made there (untimed) before each of those runs.
 # The source is a local qcow2 with DATA of random data spread over it and
-# holes between. Reports the best wall time of RUNS runs for each tool and
-# the ratio vimg/qemu-img. Goal: ratio <= 1.0 everywhere.
+# holes between. The tools take turns, RUNS runs each (the machine's load
+# changes less between neighbouring runs). Reports the best and the median
+# wall time for each tool, the ratio of the bests vimg/qemu-img, and the
+# 1-minute load average when the row was done. Goal: ratio <= 1.0 everywhere.
 #
 # Every libgfapi client spends about 10 s in glfs_fini when it exits
 # (glusterfs issue #2606); the gluster times include that, for both tools.
 #
 # Usage: bench/remote-convert.sh [BUILD_DIR]   (default: build)
 # Environment: TMPDIR (scratch, ~3 GiB), RUNS (default 2), SIZE (default 1G),
-#              DATA (MiB of random data, default 512), TARGETS (default "ssh gluster").
+#              DATA (MiB of random data, default 512),
+#              TARGETS (default "ssh gluster nbd iscsi").
 set -u
 SRC_ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${1:-$SRC_ROOT/build}
@@ -20,7 +27,7 @@ VIMG=$BUILD/tools/vimg
 RUNS=${RUNS:-2}
 SIZE=${SIZE:-1G}
 DATA=${DATA:-512}
-TARGETS=${TARGETS:-ssh gluster}
+TARGETS=${TARGETS:-ssh gluster nbd iscsi}
 command -v qemu-img >/dev/null || { echo "missing qemu-img" >&2; exit 1; }
 [ -x "$VIMG" ] || { echo "vimg not built at $VIMG" >&2; exit 1; }
 
@@ -83,30 +90,86 @@ setup_gluster() {
     GLUSTER_BASE="gluster://127.0.0.1/$vol"
 }
 
-# best_secs TOOL ARGS...: the best wall time over RUNS runs.
-best_secs() {
-    local best="" s e t i
-    for ((i = 0; i < RUNS; i++)); do
-        s=$(date +%s.%N)
-        "$@" >/dev/null 2>"$DIR/err" || { echo "failed: $* ($(grep -v '^\[20' "$DIR/err" | head -1))" >&2; echo nan; return; }
-        e=$(date +%s.%N)
-        t=$(awk -v s="$s" -v e="$e" 'BEGIN { printf "%.2f", e - s }')
-        if [ -z "$best" ] || awk -v t="$t" -v b="$best" 'BEGIN { exit !(t < b) }'; then best=$t; fi
-    done
-    echo "$best"
+setup_nbd() {
+    command -v qemu-nbd >/dev/null || { echo "qemu-nbd missing: no nbd figures" >&2; return 1; }
+    truncate -s "$SIZE" "$DIR/nbd.img"
+    truncate -s +1G "$DIR/nbd.img"      # room for qcow2 metadata
+    qemu-nbd -f raw -t -k "$DIR/nbd.sock" "$DIR/nbd.img" &
+    cleanup_cmds+=("kill $!")
+    for _ in $(seq 100); do [ -S "$DIR/nbd.sock" ] && break; sleep 0.1; done
+    NBD_URI="nbd+unix:///?socket=$DIR/nbd.sock"
 }
 
-printf '%-8s %-6s %10s %10s %7s\n' target fmt qemu-img vimg ratio
+setup_iscsi() {
+    command -v tgtd >/dev/null || { echo "tgtd missing: no iscsi figures" >&2; return 1; }
+    [ "$(id -u)" = 0 ] || { echo "tgtd needs root: no iscsi figures" >&2; return 1; }
+    local port cp iqn=iqn.2026-11.org.vimg.bench:disk
+    port=$(free_port)
+    cp=$((20000 + RANDOM % 10000))      # tgtd takes at most 32767
+    # From a subshell, so that this shell does not report its death.
+    (tgtd -f -C "$cp" --iscsi portal="127.0.0.1:$port" >"$DIR/tgtd.log" 2>&1 &
+     echo $! >"$DIR/tgtd.pid")
+    cleanup_cmds+=("rm -f /var/run/tgtd/socket.$cp /var/run/tgtd/socket.$cp.lock"
+                   "kill -9 $(cat "$DIR/tgtd.pid")")
+    for _ in $(seq 100); do
+        tgtadm -C "$cp" --lld iscsi --op show --mode target >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    truncate -s "$SIZE" "$DIR/lun.img"
+    truncate -s +1G "$DIR/lun.img"      # room for qcow2 metadata
+    tgtadm -C "$cp" --lld iscsi --op new --mode target --tid 1 -T $iqn &&
+        tgtadm -C "$cp" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$DIR/lun.img" &&
+        tgtadm -C "$cp" --lld iscsi --op bind --mode target --tid 1 -I ALL || return 1
+    ISCSI_URI="iscsi://127.0.0.1:$port/$iqn/1"
+}
+
+# secs TOOL ARGS...: the wall time of one run, "nan" if it failed.
+secs() {
+    local s e
+    [ -z "$PREP" ] || eval "$PREP" >/dev/null 2>&1 || { echo "failed: $PREP" >&2; echo nan; return; }
+    s=$(date +%s.%N)
+    "$@" >/dev/null 2>"$DIR/err" || { echo "failed: $* ($(grep -v '^\[20' "$DIR/err" | head -1))" >&2; echo nan; return; }
+    e=$(date +%s.%N)
+    awk -v s="$s" -v e="$e" 'BEGIN { printf "%.2f", e - s }'
+}
+
+# best and median of the numbers on stdin
+stats() { sort -g | awk '{ v[NR] = $1 } END { printf "%s %s", v[1], v[int((NR + 1) / 2)] }'; }
+
+# row TARGET FMT QEMU_DEST VIMG_DEST [-n]: RUNS runs of each tool, taking turns.
+row() {
+    local target=$1 fmt=$2 dq=$3 dv=$4 n=${5:-} i tq=() tv=() bq mq bv mv
+    for ((i = 0; i < RUNS; i++)); do
+        tq+=("$(secs qemu-img convert $n -O "$fmt" "$SRC" "$dq")")
+        tv+=("$(secs "$VIMG" convert $n -O "$fmt" "$SRC" "$dv")")
+    done
+    read -r bq mq < <(printf '%s\n' "${tq[@]}" | stats)
+    read -r bv mv < <(printf '%s\n' "${tv[@]}" | stats)
+    printf '%-8s %-6s %9s %9s %9s %9s %7s %5s\n' "$target" "$fmt" "$bq" "$mq" "$bv" "$mv" \
+        "$(awk -v a="$bv" -v b="$bq" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }')" \
+        "$(cut -d' ' -f1 /proc/loadavg)"
+}
+
+printf '%-8s %-6s %9s %9s %9s %9s %7s %5s\n' target fmt q-best q-median v-best v-median ratio load
 for target in $TARGETS; do
     case $target in
-        ssh) setup_ssh || continue; base=$SSH_BASE; q="?host_key_check=no" ;;
-        gluster) setup_gluster || continue; base=$GLUSTER_BASE; q="" ;;
-        *) echo "unknown target $target" >&2; continue ;;
+        ssh|gluster)
+            if [ $target = ssh ]; then
+                setup_ssh || continue; base=$SSH_BASE; q="?host_key_check=no"
+            else
+                setup_gluster || continue; base=$GLUSTER_BASE; q=""
+            fi
+            PREP=""
+            for fmt in raw qcow2; do
+                row $target $fmt "$base/q.$fmt$q" "$base/v.$fmt$q"
+            done ;;
+        nbd|iscsi)
+            if [ $target = nbd ]; then setup_nbd || continue; uri=$NBD_URI
+            else setup_iscsi || continue; uri=$ISCSI_URI; fi
+            PREP=""
+            row $target raw "$uri" "$uri" -n
+            PREP="qemu-img create -q -f qcow2 '$uri' $SIZE"
+            row $target qcow2 "$uri" "$uri" -n ;;
+        *) echo "unknown target $target" >&2 ;;
     esac
-    for fmt in raw qcow2; do
-        tq=$(best_secs qemu-img convert -O $fmt "$SRC" "$base/q.$fmt$q")
-        tv=$(best_secs "$VIMG" convert -O $fmt "$SRC" "$base/v.$fmt$q")
-        printf '%-8s %-6s %10s %10s %7s\n' "$target" "$fmt" "$tq" "$tv" \
-            "$(awk -v a="$tv" -v b="$tq" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }')"
-    done
 done

@@ -92,6 +92,13 @@ struct vimg_driver {
     int (*flush)(struct vimg_node *node, struct vimg_error *err);
     int (*block_status)(struct vimg_node *node, uint64_t offset, uint64_t bytes,
                         struct vimg_block_status *bs, struct vimg_error *err);
+    /*
+     * Optional: called before a read of a range block_status calls unallocated
+     * falls through to node->backing (core/io.c). A negative errno (err set)
+     * fails that read instead, as QEMU's vmdk does when the parent's CID does
+     * not match. Map, block status and allocation queries are not affected.
+     */
+    int (*check_backing)(struct vimg_node *node, struct vimg_error *err);
     int64_t (*length)(struct vimg_node *node, struct vimg_error *err);
     int64_t (*allocated_size)(struct vimg_node *node, struct vimg_error *err);
     int (*truncate)(struct vimg_node *node, uint64_t size, bool is_exact, int prealloc,
@@ -181,6 +188,8 @@ struct vimg_node {
     int64_t cached_length;          /* root only: the guest-visible size */
     pthread_mutex_t rmw_lock;       /* serialises read-modify-write of partial blocks */
     bool is_dirty;                  /* formats: not closed cleanly ("dirty-flag" in info) */
+    bool lacks_get_info;            /* formats: set at open when QEMU's get_info fails
+                                       for this image alone; info omits "dirty-flag" */
     bool is_encrypted;              /* formats: data is encrypted ("encrypted" in info) */
     bool needs_compressed_writes;   /* formats: writes must be whole compressed clusters */
 };

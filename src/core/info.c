@@ -15,7 +15,7 @@ info_has_get_info(const struct vimg_node *node)
         return !node->drv->lacks_get_info;
     if (node->drv->is_filter && node->file)
         return info_has_get_info(node->file);
-    return !node->drv->lacks_get_info;
+    return !node->drv->lacks_get_info && !node->lacks_get_info;
 }
 
 /* "snapshots", as QAPI's SnapshotInfo list; absent when the image has none. */

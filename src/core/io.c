@@ -315,8 +315,8 @@ read_through_backing(struct vimg_node *node, uint64_t offset, uint64_t bytes,
             uint64_t in_backing = pos >= (uint64_t)backing_len ? 0
                                   : ((uint64_t)backing_len - pos < len
                                      ? (uint64_t)backing_len - pos : len);
-            ret = 0;
-            if (in_backing)
+            ret = node->drv->check_backing ? node->drv->check_backing(node, err) : 0;
+            if (ret == 0 && in_backing)
                 ret = vimg_node_preadv(node->backing, pos, in_backing, sub, n_sub, flags, err);
             if (ret == 0 && in_backing < len)
                 vimg_iov_memset(sub, n_sub, in_backing, len - in_backing);

@@ -172,6 +172,7 @@ struct vmdk_desc {
     uint32_t cid;
     uint32_t parent_cid;
     char create_type[64];
+    bool has_create_type;
     char parent_hint[512];
     bool has_parent;
 };
@@ -188,6 +189,7 @@ struct vmdk_state {
     size_t n_extents;
     struct vmdk_desc desc;
     uint64_t size;
+    bool is_parent_checked;         /* the parent's CID matched once; not asked again */
 };
 
 static uint16_t
@@ -297,9 +299,10 @@ vmdk_parse_desc_line(const char *line, struct vmdk_desc *d)
         d->cid = vmdk_parse_cid(v);
     else if (vmdk_desc_value(line, "parentCID", v, sizeof(v)))
         d->parent_cid = vmdk_parse_cid(v);
-    else if (vmdk_desc_value(line, "createType", v, sizeof(d->create_type)))
+    else if (vmdk_desc_value(line, "createType", v, sizeof(d->create_type))) {
         memcpy(d->create_type, v, strlen(v) + 1);
-    else if (vmdk_desc_value(line, "parentFileNameHint", v, sizeof(v))) {
+        d->has_create_type = true;
+    } else if (vmdk_desc_value(line, "parentFileNameHint", v, sizeof(v))) {
         snprintf(d->parent_hint, sizeof(d->parent_hint), "%s", v);
         d->has_parent = v[0] != '\0';
     }
@@ -723,10 +726,13 @@ vmdk_parse_extent_line(const char *line, void *ctx)
 
     n = sscanf(line, "%10s %lld %10s \"%511[^\n\r\"]\" %lld", access, &sectors, type, name,
                &offset);
-    if (n < 4 || (strcmp(access, "RW") && strcmp(access, "RDONLY") &&
-                  strcmp(access, "NOACCESS")))
+    /* As qemu-img: only RW lines of a kind it reads count; ZERO, RDONLY, NOACCESS,
+     * unknown kinds and empty extents are left out of the disk. */
+    if (n < 4 || strcmp(access, "RW") || sectors <= 0 ||
+        (strcmp(type, "FLAT") && strcmp(type, "VMFS") && strcmp(type, "SPARSE") &&
+         strcmp(type, "VMFSSPARSE") && strcmp(type, "SESPARSE")))
         return 0;
-    if (sectors <= 0 || offset < 0 || (uint64_t)sectors > UINT64_MAX / VMDK_SECTOR ||
+    if (offset < 0 || (uint64_t)sectors > UINT64_MAX / VMDK_SECTOR ||
         (uint64_t)offset > UINT64_MAX / VMDK_SECTOR)
         return vimg_error_set(c->err, EINVAL, "Invalid extent line: %s", line);
     if (!(e = vmdk_add_extent(s, c->err)))
@@ -734,13 +740,6 @@ vmdk_parse_extent_line(const char *line, void *ctx)
     if (!(e->type_name = strdup(type)))
         return vimg_error_set(c->err, ENOMEM, "Out of memory");
     e->n_sectors = (uint64_t)sectors;
-    if (strcmp(type, "ZERO") == 0) {
-        e->type = VMDK_EXTENT_ZERO;
-        return 0;
-    }
-    if (strcmp(type, "FLAT") && strcmp(type, "VMFS") && strcmp(type, "SPARSE") &&
-        strcmp(type, "VMFSSPARSE") && strcmp(type, "SESPARSE"))
-        return vimg_error_set(c->err, ENOTSUP, "Unsupported extent type '%s'", type);
     if ((ret = vmdk_open_extent_file(c, e, name)) < 0)
         return ret;
     if (strcmp(type, "SESPARSE") == 0) {
@@ -781,9 +780,19 @@ vmdk_open_descriptor(struct vimg_node *node, unsigned flags, struct vimg_error *
         goto out;
     text[len] = '\0';
     vmdk_parse_desc(text, (size_t)len, &s->desc);
+    /* As qemu-img: a descriptor file needs a createType of a split or flat kind. */
+    if (!s->desc.has_create_type) {
+        ret = vimg_error_set(err, EINVAL, "invalid VMDK image descriptor");
+        goto out;
+    }
+    if (strcmp(s->desc.create_type, "monolithicFlat") && strcmp(s->desc.create_type, "vmfs") &&
+        strcmp(s->desc.create_type, "vmfsSparse") && strcmp(s->desc.create_type, "seSparse") &&
+        strcmp(s->desc.create_type, "twoGbMaxExtentSparse") &&
+        strcmp(s->desc.create_type, "twoGbMaxExtentFlat")) {
+        ret = vimg_error_set(err, ENOTSUP, "Unsupported image type '%s'", s->desc.create_type);
+        goto out;
+    }
     ret = vmdk_desc_lines(text, (size_t)len, vmdk_parse_extent_line, &c);
-    if (ret == 0 && s->n_extents == 0)
-        ret = vimg_error_set(err, EINVAL, "Invalid VMDK image descriptor");
 out:
     free(text);
     return ret;
@@ -812,6 +821,40 @@ vmdk_close(struct vimg_node *node)
     vmdk_free_compressors(s);
     pthread_mutex_destroy(&s->zlock);
     pthread_mutex_destroy(&s->lock);
+}
+
+#define VMDK_CID_AREA   (20 * VMDK_SECTOR)     /* where qemu-img looks for CIDs */
+
+/*
+ * The CID (or with is_parent the parentCID) as qemu-img reads it: the hex
+ * number after the first occurrence of the key (and one more character, the
+ * '=') in the first 20 sectors of the descriptor, which for an image with a
+ * sparse header is taken at byte 512 whatever the header says. So "CID" in
+ * "parentCID" counts when that line comes first. -EINVAL when none.
+ */
+static int
+vmdk_read_cid(struct vimg_node *file, bool is_parent, uint32_t *out, struct vimg_error *err)
+{
+    const char *key = is_parent ? "parentCID" : "CID";
+    uint8_t magic[4];
+    uint64_t at = 0;
+    char *area, *p;
+    int ret;
+
+    if ((ret = vimg_node_pread_padded(file, 0, magic, sizeof(magic), err)) < 0)
+        return ret;
+    if (vmdk_le32(magic) == VMDK4_MAGIC || vmdk_le32(magic) == VMDK3_MAGIC)
+        at = VMDK_SECTOR;
+    if (!(area = malloc(VMDK_CID_AREA)))
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    if ((ret = vimg_node_pread_padded(file, at, area, VMDK_CID_AREA, err)) == 0) {
+        area[VMDK_CID_AREA - 1] = '\0';
+        p = strstr(area, key);
+        if (!p || !p[strlen(key)] || sscanf(p + strlen(key) + 1, "%" SCNx32, out) != 1)
+            ret = -EINVAL;
+    }
+    free(area);
+    return ret;
 }
 
 static int
@@ -843,10 +886,24 @@ vmdk_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
     } else if (vmdk_is_descriptor_text(h, sizeof(h))) {
         ret = vmdk_open_descriptor(node, flags, err);
     } else {
-        ret = vimg_error_set(err, EINVAL, "Invalid VMDK image descriptor");
+        ret = vimg_error_set(err, EINVAL, "invalid VMDK image descriptor");
     }
     if (ret < 0)
         goto fail;
+    /* qemu-img reads both CIDs its own way and refuses the image without them. */
+    if ((ret = vmdk_read_cid(node->file, false, &s->desc.cid, err)) == -EINVAL ||
+        (ret == 0 && (ret = vmdk_read_cid(node->file, true, &s->desc.parent_cid, err)) ==
+         -EINVAL))
+        ret = vimg_error_set(err, EINVAL, "Could not open '%s': Invalid argument",
+                             node->file->filename);
+    if (ret == 0 && s->n_extents == 0)
+        ret = vimg_error_set(err, EINVAL, "Invalid VMDK image descriptor");
+    if (ret < 0)
+        goto fail;
+    /* qemu-img calls any image with a compressed extent streamOptimized. */
+    for (size_t i = 0; i < s->n_extents; i++)
+        if (s->extents[i].is_compressed)
+            snprintf(s->desc.create_type, sizeof(s->desc.create_type), "streamOptimized");
     for (size_t i = 0; i < s->n_extents; i++) {
         s->size += s->extents[i].n_sectors * VMDK_SECTOR;
         s->extents[i].end = s->size;
@@ -857,15 +914,21 @@ vmdk_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
         ret = vimg_error_set(err, ENOMEM, "Out of memory");
         goto fail;
     }
-    /* As qemu-img, which has no cluster size for extents of unlike kinds or grains. */
-    if (s->extents[0].type == VMDK_EXTENT_SPARSE) {
-        node->cluster_size = (uint32_t)s->extents[0].grain_size;
-        for (size_t i = 1; i < s->n_extents; i++)
-            if (s->extents[i].type != VMDK_EXTENT_SPARSE ||
-                s->extents[i].grain_size != s->extents[0].grain_size ||
-                s->extents[i].is_compressed != s->extents[0].is_compressed)
-                node->cluster_size = 0;
+    /*
+     * qemu-img's get_info fails when an extent differs from the first in
+     * kind (sparse or flat), compression or, for sparse ones, grain size:
+     * info then has neither a cluster size nor a dirty flag.
+     */
+    for (size_t i = 1; i < s->n_extents; i++) {
+        const struct vmdk_extent *a = &s->extents[0], *b = &s->extents[i];
+
+        if ((a->type == VMDK_EXTENT_SPARSE) != (b->type == VMDK_EXTENT_SPARSE) ||
+            a->is_compressed != b->is_compressed ||
+            (a->type == VMDK_EXTENT_SPARSE && a->grain_size != b->grain_size))
+            node->lacks_get_info = true;
     }
+    if (s->extents[0].type == VMDK_EXTENT_SPARSE && !node->lacks_get_info)
+        node->cluster_size = (uint32_t)s->extents[0].grain_size;
     /* qemu-img converts to an image whose first extent is compressed with -c implied. */
     node->needs_compressed_writes = s->extents[0].is_compressed;
     node->request_alignment = VMDK_SECTOR;
@@ -1273,6 +1336,28 @@ vmdk_flat_status(struct vmdk_extent *e, uint64_t offset, uint64_t len,
     return 0;
 }
 
+/*
+ * Before an unallocated range is read from the parent: as qemu-img, the
+ * parent must be a vmdk image whose CID, read from its file now, is the
+ * parentCID this image records; otherwise the read fails with EINVAL. A
+ * match is remembered; a mismatch is looked up again on the next read.
+ */
+static int
+vmdk_check_backing(struct vimg_node *node, struct vimg_error *err)
+{
+    struct vmdk_state *s = node->state;
+    struct vimg_node *parent = node->backing;
+    uint32_t cid;
+
+    if (__atomic_load_n(&s->is_parent_checked, __ATOMIC_ACQUIRE))
+        return 0;
+    if (parent->drv != node->drv || !parent->file ||
+        vmdk_read_cid(parent->file, false, &cid, err) < 0 || cid != s->desc.parent_cid)
+        return vimg_error_set(err, EINVAL, "Invalid argument");
+    __atomic_store_n(&s->is_parent_checked, true, __ATOMIC_RELEASE);
+    return 0;
+}
+
 static int
 vmdk_block_status(struct vimg_node *node, uint64_t offset, uint64_t bytes,
                   struct vimg_block_status *bs, struct vimg_error *err)
@@ -1495,6 +1580,9 @@ vmdk_write_sparse(struct vimg_node *node, struct vmdk_extent *e, uint64_t ext_of
         return vimg_error_set(err, EIO, "Could not write to allocated cluster for "
                               "streamOptimized");
     }
+    /* qemu-img allocates no grain, zeroed or not, under a parent whose CID is wrong. */
+    if (node->backing && (ret = vmdk_check_backing(node, err)) < 0)
+        return ret;
     if (pre) {
         if ((ret = vmdk_append(e, pre->buf, pre->len, &sector, err)) < 0)
             return ret;
@@ -2120,6 +2208,7 @@ const struct vimg_driver vimg_vmdk_driver = {
     .pwrite_compressed = vmdk_pwrite_compressed,
     .flush = vmdk_flush,
     .block_status = vmdk_block_status,
+    .check_backing = vmdk_check_backing,
     .length = vmdk_length,
     .allocated_size = vmdk_allocated_size,
     .info = vmdk_info,

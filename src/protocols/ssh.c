@@ -14,6 +14,23 @@
  * and file handle), opened on demand up to SSH_MAX_CONNS. Within one read,
  * SSH_READ_DEPTH SFTP reads are in flight at once.
  *
+ * A connection outlives the node that used it: closing parks its SSH and
+ * SFTP sessions (its file handle closed), and the next open or create of
+ * this process with the same user, host, port and host key check takes
+ * them over instead of connecting, checking the host key and logging in
+ * again. qemu-img create and convert open a target several times (create,
+ * format create, convert), and each SSH login costs the server a process
+ * and a key exchange. A connection that saw an I/O error is never parked;
+ * a parked one that fails to open a file is dropped for a new connection,
+ * which then gives the error a fresh connection would.
+ *
+ * Growing is lazy: truncate only records the new size, which length then
+ * reports; reads past the end of the remote file within it read zeros, and
+ * writes there extend the remote file as they land. The remote file is
+ * grown to the recorded size (its last byte written) at flush and close, so
+ * a format growing its file cluster run by cluster run (qcow2) costs no
+ * round trip per run.
+ *
  * Leaves out: password and keyboard-interactive authentication (as qemu-img),
  * shrinking (qemu-img refuses it too), preallocation.
  */
@@ -39,9 +56,11 @@
 #define SSH_MAX_CONNS     4
 #define SSH_CHUNK         (64u << 10)   /* bytes per SFTP read request */
 #define SSH_WRITE_CHUNK   (128u << 10)  /* bytes per SFTP write request */
+#define SSH_WRITE_CHUNK_MAX (240u << 10) /* ... when the server's limits allow this many */
 #define SSH_WRITE_DEPTH   8             /* SFTP writes in flight within one request */
 #define SSH_READ_DEPTH    16            /* SFTP reads in flight within one request */
 #define SSH_GROW_WAIT_MS  20            /* a caller waits this long before adding a connection */
+#define SSH_MAX_PARKED    SSH_MAX_CONNS /* idle connections kept for the next open */
 
 enum ssh_check_mode { SSH_CHECK_NONE, SSH_CHECK_HASH, SSH_CHECK_KNOWN_HOSTS };
 
@@ -60,20 +79,42 @@ struct ssh_conn {
     ssh_session session;
     sftp_session sftp;
     sftp_file file;
+    bool is_broken;             /* an I/O error: requests may be left unanswered */
+    uint32_t write_chunk;       /* bytes per SFTP write request (ssh_query_write_chunk) */
 };
+
+/* Idle connections of this process, each logged in as key says (ssh_park_key). */
+struct ssh_parked {
+    char *key;
+    pid_t pid;                  /* the process that parked it: a forked child must not share it */
+    ssh_session session;
+    sftp_session sftp;
+    uint32_t write_chunk;
+};
+
+static pthread_mutex_t ssh_park_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t ssh_park_once = PTHREAD_ONCE_INIT;
+static void ssh_park_init(void);
+static struct ssh_parked ssh_parked[SSH_MAX_PARKED];
+static unsigned ssh_n_parked;
 
 struct ssh_state {
     struct ssh_conf conf;
     int open_flags;             /* O_RDONLY or O_RDWR */
     bool can_fsync;
     bool has_warned_fsync;
-    pthread_mutex_t lock;       /* protects conns, is_busy, n_conns, size, has_warned_fsync */
+    bool has_write_failed;      /* close leaves the size alone after a failed write */
+    pthread_mutex_t lock;       /* protects conns, is_busy, n_conns, size, remote_size,
+                                   has_warned_fsync, has_write_failed */
     pthread_mutex_t grow_lock;  /* held by writes that extend the file (ssh_pwritev) */
+    pthread_rwlock_t write_lock; /* shared by writes, exclusive to ssh_materialize */
     pthread_cond_t cond;        /* a connection became free */
     struct ssh_conn conns[SSH_MAX_CONNS];
     bool is_busy[SSH_MAX_CONNS];
     unsigned n_conns;
-    uint64_t size;              /* the remote file's size as our writes left it */
+    uint64_t size;              /* the file's size as our writes and truncates left it */
+    uint64_t remote_size;       /* at most the remote file's size: what fstat said at
+                                   open, grown by our writes as they complete */
 };
 
 static const char *const ssh_protocols[] = { "ssh", NULL };
@@ -450,6 +491,109 @@ ssh_conn_close(struct ssh_conn *cn)
     memset(cn, 0, sizeof(*cn));
 }
 
+/* What a parked connection must match to serve c: who logged in where, how the host was checked. */
+static char *
+ssh_park_key(const struct ssh_conf *c)
+{
+    char *key;
+
+    if (asprintf(&key, "%s@%s:%s\n%d:%d:%s", c->user, c->host, c->port, (int)c->mode,
+                 (int)c->hash_type, c->mode == SSH_CHECK_HASH ? c->hash : "") < 0)
+        return NULL;
+    return key;
+}
+
+static void
+ssh_session_free(ssh_session session, sftp_session sftp)
+{
+    if (sftp)
+        sftp_free(sftp);
+    if (session) {
+        ssh_disconnect(session);
+        ssh_free(session);
+    }
+}
+
+/* Closes cn's file and keeps its sessions for the next open with conf c, else closes them. */
+static void
+ssh_conn_park(struct ssh_conn *cn, const struct ssh_conf *c)
+{
+    char *key = NULL;
+    bool is_closed;
+
+    if (cn->is_broken || !cn->file) {
+        ssh_conn_close(cn);
+        return;
+    }
+    is_closed = sftp_close(cn->file) == SSH_NO_ERROR;
+    cn->file = NULL;            /* freed, whether the server closed it or not */
+    if (!is_closed || !ssh_is_connected(cn->session) || !(key = ssh_park_key(c))) {
+        ssh_conn_close(cn);
+        return;
+    }
+    pthread_once(&ssh_park_once, ssh_park_init);
+    pthread_mutex_lock(&ssh_park_lock);
+    if (ssh_n_parked < SSH_MAX_PARKED) {
+        ssh_parked[ssh_n_parked++] = (struct ssh_parked){ key, getpid(), cn->session, cn->sftp,
+                                                          cn->write_chunk };
+        memset(cn, 0, sizeof(*cn));
+        key = NULL;
+    }
+    pthread_mutex_unlock(&ssh_park_lock);
+    free(key);
+    ssh_conn_close(cn);
+}
+
+/* Takes a parked connection for conf c into cn; false if there is none. */
+static bool
+ssh_conn_unpark(struct ssh_conn *cn, const struct ssh_conf *c)
+{
+    char *key = ssh_park_key(c);
+    bool found = false;
+
+    if (!key)
+        return false;
+    pthread_mutex_lock(&ssh_park_lock);
+    for (unsigned i = ssh_n_parked; i-- > 0;) {
+        if (ssh_parked[i].pid == getpid() && strcmp(ssh_parked[i].key, key) == 0) {
+            cn->session = ssh_parked[i].session;
+            cn->sftp = ssh_parked[i].sftp;
+            cn->write_chunk = ssh_parked[i].write_chunk;
+            free(ssh_parked[i].key);
+            ssh_parked[i] = ssh_parked[--ssh_n_parked];
+            found = true;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&ssh_park_lock);
+    free(key);
+    return found;
+}
+
+/*
+ * At exit, parked connections say goodbye to their servers. An atexit
+ * handler, registered at the first park, so that it runs before OpenSSL's
+ * own (registered when the first connection set up its crypto).
+ */
+static void
+ssh_park_drain(void)
+{
+    pthread_mutex_lock(&ssh_park_lock);
+    for (unsigned i = 0; i < ssh_n_parked; i++) {
+        if (ssh_parked[i].pid == getpid())
+            ssh_session_free(ssh_parked[i].session, ssh_parked[i].sftp);
+        free(ssh_parked[i].key);
+    }
+    ssh_n_parked = 0;
+    pthread_mutex_unlock(&ssh_park_lock);
+}
+
+static void
+ssh_park_init(void)
+{
+    atexit(ssh_park_drain);
+}
+
 static int
 ssh_conn_session(struct ssh_conn *cn, const struct ssh_conf *c, struct vimg_error *err)
 {
@@ -485,6 +629,8 @@ ssh_sftp_error(struct ssh_conn *cn, int errnum, const char *what, const char *pa
                           ssh_get_error_code(cn->session), sftp_get_error(cn->sftp));
 }
 
+static uint32_t ssh_query_write_chunk(struct ssh_conn *cn);
+
 /* Connects, checks the host, logs in and opens path with flags (O_*). */
 static int
 ssh_conn_open(struct ssh_conn *cn, const struct ssh_conf *c, int flags, mode_t mode,
@@ -492,6 +638,11 @@ ssh_conn_open(struct ssh_conn *cn, const struct ssh_conf *c, int flags, mode_t m
 {
     int ret;
 
+    if (ssh_conn_unpark(cn, c)) {
+        if ((cn->file = sftp_open(cn->sftp, c->path, flags, mode)))
+            return 0;
+        ssh_conn_close(cn);     /* errors come from a new connection, as without parking */
+    }
     if ((ret = ssh_conn_session(cn, c, err)) < 0)
         goto fail;
     if (c->mode == SSH_CHECK_HASH)
@@ -501,6 +652,11 @@ ssh_conn_open(struct ssh_conn *cn, const struct ssh_conf *c, int flags, mode_t m
     if (ret < 0 || (ret = ssh_authenticate(cn->session, err)) < 0)
         goto fail;
     if (!(cn->sftp = sftp_new(cn->session)) || sftp_init(cn->sftp) < 0) {
+        ret = vimg_error_set(err, EIO, "failed to initialize sftp handle: %s",
+                             ssh_get_error(cn->session));
+        goto fail;
+    }
+    if ((cn->write_chunk = ssh_query_write_chunk(cn)) == 0) {
         ret = vimg_error_set(err, EIO, "failed to initialize sftp handle: %s",
                              ssh_get_error(cn->session));
         goto fail;
@@ -554,6 +710,7 @@ ssh_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags, struct 
 
     pthread_mutex_init(&s->lock, NULL);
     pthread_mutex_init(&s->grow_lock, NULL);
+    pthread_rwlock_init(&s->write_lock, NULL);
     pthread_cond_init(&s->cond, NULL);
     s->open_flags = (flags & VIMG_OPEN_RDWR) ? O_RDWR : O_RDONLY;
     if ((ret = ssh_read_opts(opts, &s->conf, err)) < 0 ||
@@ -569,7 +726,7 @@ ssh_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags, struct 
                              s->conf.path, err);
         goto fail;
     }
-    s->size = attrs->size;
+    s->size = s->remote_size = attrs->size;
     sftp_attributes_free(attrs);
     s->can_fsync = sftp_extension_supported(s->conns[0].sftp, "fsync@openssh.com", "1") == 1;
     return 0;
@@ -577,20 +734,32 @@ fail:
     ssh_conn_close(&s->conns[0]);
     ssh_conf_free(&s->conf);
     pthread_cond_destroy(&s->cond);
+    pthread_rwlock_destroy(&s->write_lock);
     pthread_mutex_destroy(&s->grow_lock);
     pthread_mutex_destroy(&s->lock);
     return ret;
 }
 
+static int ssh_materialize(struct ssh_state *s, struct vimg_error *err);
+
 static void
 ssh_close(struct vimg_node *node)
 {
     struct ssh_state *s = node->state;
+    struct vimg_error err = { 0 };
+    bool has_failed = s->has_write_failed;
 
     for (unsigned i = 0; i < s->n_conns; i++)
-        ssh_conn_close(&s->conns[i]);
+        has_failed |= s->conns[i].is_broken;
+    /* Callers opened with cache.no-flush never flush: the file gets its size here,
+     * unless a request failed (the caller has reported that; the image is suspect). */
+    if (s->open_flags != O_RDONLY && !has_failed && ssh_materialize(s, &err) < 0)
+        vimg_warn("%s: %s", s->conf.path, err.msg);
+    for (unsigned i = 0; i < s->n_conns; i++)
+        ssh_conn_park(&s->conns[i], &s->conf);
     ssh_conf_free(&s->conf);
     pthread_cond_destroy(&s->cond);
+    pthread_rwlock_destroy(&s->write_lock);
     pthread_mutex_destroy(&s->grow_lock);
     pthread_mutex_destroy(&s->lock);
 }
@@ -672,6 +841,7 @@ ssh_io_error(struct ssh_conn *cn, const char *what, struct vimg_error *err)
 {
     int e = EIO;
 
+    cn->is_broken = true;
     return vimg_error_set(err, e, "%s failed: %s", what, ssh_get_error(cn->session));
 }
 
@@ -791,6 +961,8 @@ ssh_pread(struct vimg_node *node, uint64_t offset, uint8_t *buf, uint64_t bytes,
  */
 #define SFTP_FXP_WRITE   6
 #define SFTP_FXP_STATUS  101
+#define SFTP_FXP_EXTENDED       200
+#define SFTP_FXP_EXTENDED_REPLY 201
 #define SFTP_FX_OK       0
 
 static void
@@ -821,6 +993,53 @@ ssh_channel_read_all(ssh_channel channel, void *buf, uint32_t len)
         len -= (uint32_t)r;
     }
     return 0;
+}
+
+static uint64_t
+ssh_get_be64(const uint8_t *p)
+{
+    return (uint64_t)ssh_get_be32(p) << 32 | ssh_get_be32(p + 4);
+}
+
+/*
+ * Bytes per SFTP write: SSH_WRITE_CHUNK, or up to SSH_WRITE_CHUNK_MAX when
+ * the server states its limits (OpenSSH's limits@openssh.com extension,
+ * PROTOCOL in openssh-portable: uint64 max-packet-length, max-read-length,
+ * max-write-length, max-open-handles); fewer, larger requests cost both
+ * ends less. 0 when the channel failed. Sent raw on the channel like the
+ * writes: nothing else is in flight right after sftp_init.
+ */
+static uint32_t
+ssh_query_write_chunk(struct ssh_conn *cn)
+{
+    static const char name[] = "limits@openssh.com";
+    const uint32_t name_len = sizeof(name) - 1;
+    uint8_t req[13 + sizeof(name) - 1], reply[256];
+    uint32_t id, len;
+    uint64_t limit;
+
+    if (sftp_extension_supported(cn->sftp, name, "1") != 1)
+        return SSH_WRITE_CHUNK;
+    id = ++cn->sftp->id_counter;
+    ssh_put_be32(req, 1 + 4 + 4 + name_len);
+    req[4] = SFTP_FXP_EXTENDED;
+    ssh_put_be32(req + 5, id);
+    ssh_put_be32(req + 9, name_len);
+    memcpy(req + 13, name, name_len);
+    if (ssh_channel_write(cn->sftp->channel, req, sizeof(req)) != (int)sizeof(req) ||
+        ssh_channel_read_all(cn->sftp->channel, reply, 4) < 0)
+        return 0;
+    len = ssh_get_be32(reply);
+    if (len < 5 || len > sizeof(reply) || ssh_channel_read_all(cn->sftp->channel, reply, len) < 0)
+        return 0;
+    if (reply[0] != SFTP_FXP_EXTENDED_REPLY || ssh_get_be32(reply + 1) != id || len < 5 + 32)
+        return SSH_WRITE_CHUNK;     /* a status: the server would not say */
+    limit = ssh_get_be64(reply + 5 + 16);
+    if (limit == 0)
+        return SSH_WRITE_CHUNK;     /* no stated limit */
+    if (limit < 512)
+        limit = 512;
+    return limit < SSH_WRITE_CHUNK_MAX ? (uint32_t)limit : SSH_WRITE_CHUNK_MAX;
 }
 
 static int
@@ -897,8 +1116,8 @@ ssh_write_buf(struct ssh_conn *cn, uint64_t offset, const uint8_t *buf, uint64_t
     while (sent < bytes || n_inflight) {
         uint32_t id, status;
         while (sent < bytes && n_inflight < SSH_WRITE_DEPTH && bad == SFTP_FX_OK) {
-            uint32_t len = bytes - sent < SSH_WRITE_CHUNK ? (uint32_t)(bytes - sent)
-                                                          : SSH_WRITE_CHUNK;
+            uint32_t len = bytes - sent < cn->write_chunk ? (uint32_t)(bytes - sent)
+                                                          : cn->write_chunk;
             id = ++cn->sftp->id_counter;
             if (n_sent++ == 0)
                 first_id = id;
@@ -923,12 +1142,15 @@ ssh_write_buf(struct ssh_conn *cn, uint64_t offset, const uint8_t *buf, uint64_t
     return 0;
 }
 
+/* A write ending at end completed: both sizes are at least end now. */
 static void
 ssh_grow_size(struct ssh_state *s, uint64_t end)
 {
     pthread_mutex_lock(&s->lock);
     if (end > s->size)
         s->size = end;
+    if (end > s->remote_size)
+        s->remote_size = end;
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -983,7 +1205,9 @@ ssh_pwritev(struct vimg_node *node, uint64_t offset, uint64_t bytes, const struc
         if (end > ssh_get_size(s) && end % sizeof(zeros))
             pad = sizeof(zeros) - end % sizeof(zeros);
     }
+    pthread_rwlock_rdlock(&s->write_lock);
     if ((i = ssh_acquire(s, err)) < 0) {
+        pthread_rwlock_unlock(&s->write_lock);
         ret = i;
         goto out;
     }
@@ -993,11 +1217,47 @@ ssh_pwritev(struct vimg_node *node, uint64_t offset, uint64_t bytes, const struc
     if (ret == 0 && (flags & VIMG_REQ_FUA) && s->can_fsync && sftp_fsync(s->conns[i].file) < 0)
         ret = ssh_io_error(&s->conns[i], "sftp fsync", err);
     ssh_release(s, i);
-    if (ret == 0)
+    if (ret == 0) {
         ssh_grow_size(s, end + pad);
+    } else {
+        pthread_mutex_lock(&s->lock);
+        s->has_write_failed = true;
+        pthread_mutex_unlock(&s->lock);
+    }
+    pthread_rwlock_unlock(&s->write_lock);
 out:
     if (is_growing)
         pthread_mutex_unlock(&s->grow_lock);
+    return ret;
+}
+
+/*
+ * Grows the remote file to the size truncate recorded by writing its last
+ * byte, as qemu-img's ssh driver grows files. No write is in flight meanwhile
+ * (write_lock), so every byte past remote_size is one no write has put there.
+ */
+static int
+ssh_materialize(struct ssh_state *s, struct vimg_error *err)
+{
+    static const uint8_t zero;
+    uint64_t size;
+    int i, ret = 0;
+
+    pthread_rwlock_wrlock(&s->write_lock);
+    pthread_mutex_lock(&s->lock);
+    size = s->size > s->remote_size ? s->size : 0;
+    pthread_mutex_unlock(&s->lock);
+    if (size) {
+        if ((i = ssh_acquire(s, err)) < 0) {
+            ret = i;
+        } else {
+            ret = ssh_write_buf(&s->conns[i], size - 1, &zero, 1, err);
+            ssh_release(s, i);
+        }
+        if (ret == 0)
+            ssh_grow_size(s, size);
+    }
+    pthread_rwlock_unlock(&s->write_lock);
     return ret;
 }
 
@@ -1005,8 +1265,10 @@ static int
 ssh_flush(struct vimg_node *node, struct vimg_error *err)
 {
     struct ssh_state *s = node->state;
-    int i, ret = 0;
+    int i, ret;
 
+    if ((ret = ssh_materialize(s, err)) < 0)
+        return ret;
     if (!s->can_fsync) {
         pthread_mutex_lock(&s->lock);
         if (!s->has_warned_fsync)
@@ -1024,15 +1286,13 @@ ssh_flush(struct vimg_node *node, struct vimg_error *err)
     return ret;
 }
 
-/* Grows the file to size by writing its last byte, as qemu-img's ssh driver does. */
+/* Grows the file to size: recorded now, written out by ssh_materialize. */
 static int
 ssh_truncate(struct vimg_node *node, uint64_t size, bool is_exact, int prealloc,
              struct vimg_error *err)
 {
     struct ssh_state *s = node->state;
     uint64_t cur = (uint64_t)ssh_length(node, err);
-    static const uint8_t zero;
-    int i, ret;
 
     (void)is_exact;
     if (prealloc != VIMG_PREALLOC_OFF)
@@ -1043,15 +1303,11 @@ ssh_truncate(struct vimg_node *node, uint64_t size, bool is_exact, int prealloc,
     /* Whole sectors, as from qemu-img's sector-granular node (see ssh_pwritev). */
     if (size % 512)
         size += 512 - size % 512;
-    if (size <= cur)
-        return 0;
-    if ((i = ssh_acquire(s, err)) < 0)
-        return i;
-    ret = ssh_write_buf(&s->conns[i], size - 1, &zero, 1, err);
-    ssh_release(s, i);
-    if (ret == 0)
-        ssh_grow_size(s, size);
-    return ret;
+    pthread_mutex_lock(&s->lock);
+    if (size > s->size)
+        s->size = size;
+    pthread_mutex_unlock(&s->lock);
+    return 0;
 }
 
 static const struct vimg_opt_desc ssh_create_opts[] = {
@@ -1075,7 +1331,7 @@ ssh_create(const char *filename, struct vimg_opts *opts, struct vimg_error *err)
         goto out;
     if (size > 0)
         ret = ssh_write_buf(&cn, size - 1, &zero, 1, err);
-    ssh_conn_close(&cn);
+    ssh_conn_park(&cn, &c);
 out:
     ssh_conf_free(&c);
     return ret;

@@ -164,6 +164,13 @@ for fmt in qcow2 raw; do
     qemu-img compare -q -f $fmt -F $fmt "$D/to.$fmt" "$D/qto.$fmt" || fail "vimg and qemu-img $fmt differ"
 done
 qemu-img check -q -f qcow2 "$D/to.qcow2" || fail "qemu-img check of converted qcow2"
+# One process logs in once: create, format create and convert share the connection.
+logins() { grep -c '^Accepted publickey' "$TESTDIR/sshd.log"; }
+n0=$(logins)
+"$VIMG" convert -O qcow2 src.qcow2 "$BASE/once.qcow2?$NO" || fail "convert to ssh (once)"
+[ $(($(logins) - n0)) = 1 ] || fail "convert -O qcow2 logged in $(($(logins) - n0)) times"
+qemu-img compare -q -f qcow2 -F qcow2 src.qcow2 "$D/once.qcow2" || fail "once.qcow2 differs"
+qemu-img check -q -f qcow2 "$D/once.qcow2" || fail "qemu-img check of once.qcow2"
 same map --output=json -f qcow2 "$BASE/to.qcow2?$NO"
 "$VIMG" convert -O raw rnd.raw "$BASE/rnd.raw?$NO" || fail "convert random data to ssh"
 cmp rnd.raw "$D/rnd.raw" || fail "random data differs after convert to ssh"
@@ -192,10 +199,31 @@ fails_same resize -f raw --shrink "$BASE/r2.raw?$NO" 1M
 fails_same resize -f raw --preallocation=full "$BASE/r2.raw?$NO" 4M
 fails_same create -f raw "$BASE/p.raw?$NO" 1M -o preallocation=full
 
+# Growing is lazy in vimg (the remote file gets its size at flush or close):
+# the length, the zeros past the remote end, a write there and the file left
+# behind are qemu-io's, with a flush and with cache=unsafe (close only).
+for t in writeback unsafe; do
+    qemu-img create -q -f raw "$D/g1.raw" 1M; qemu-img create -q -f raw "$D/g2.raw" 1M
+    grow=(-t $t -f raw -c 'truncate 7M' -c length -c 'write -P 0x33 5M 4k' -c 'read -P 0 1M 4M'
+          -c 'read -P 0x33 5M 4k' -c 'read -P 0 5124k 2044k' -c 'truncate 8000k' -c length)
+    qemu-io "${grow[@]}" "$BASE/g1.raw?$NO" 2>&1 | grep -v ' ops; ' >out.q
+    "$VIMG_IO" "${grow[@]}" "$BASE/g2.raw?$NO" 2>&1 | grep -v ' ops; ' >out.v
+    expect_same out.q out.v "lazily grown file, cache=$t"
+    grep -q '^read 2093056/2093056' out.v || fail "reads past the remote end failed: $(cat out.v)"
+    cmp "$D/g1.raw" "$D/g2.raw" || fail "lazily grown file differs from qemu-io's (cache=$t)"
+done
+[ "$(stat -c %s "$D/g2.raw")" = 8192000 ] || fail "lazily grown file has size $(stat -c %s "$D/g2.raw")"
+
 # The server goes away in the middle of a convert: a clean error, no hang.
-head -c 128M /dev/zero | tr '\0' '\132' >big.raw
-timeout 60 "$VIMG" convert -O raw big.raw "$BASE/big.raw?$NO" 2>err.v & conv_pid=$!
-for _ in $(seq 200); do [ -s "$D/big.raw" ] && break; sleep 0.05; done
+# Create and convert share one login, so the data flows at once: stop the
+# server as soon as some of it landed (allocated blocks, not the file size,
+# which create sets first). The copy is not the source (the test runs in $D).
+head -c 256M /dev/zero | tr '\0' '\132' >big.raw
+timeout 60 "$VIMG" convert -O raw big.raw "$BASE/bigcopy.raw?$NO" 2>err.v & conv_pid=$!
+for _ in $(seq 1000); do
+    [ -e "$D/bigcopy.raw" ] && [ "$(du -k "$D/bigcopy.raw" | cut -f1)" -ge 1024 ] && break
+    sleep 0.01
+done
 stop_sshd
 wait $conv_pid; rc=$?
 [ $rc = 124 ] && fail "vimg convert hung after the server went away"

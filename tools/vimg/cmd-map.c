@@ -52,20 +52,24 @@ json_bool(unsigned flags, unsigned bit)
     return (flags & bit) ? "true" : "false";
 }
 
-/* Prints one entry; is_first selects the JSON list opening. -1 after printing an error. */
+/*
+ * Prints one entry; has_next: more follow, so JSON ends it with the ",\n"
+ * separator at once (qemu-img's stdout keeps it when a later lookup fails).
+ * -1 after printing an error.
+ */
 static int
-dump_entry(const struct map_entry *e, bool is_json, bool is_first)
+dump_entry(const struct map_entry *e, bool is_json, bool has_next)
 {
     bool has_offset = e->flags & VIMG_BS_OFFSET_VALID;
 
     if (is_json) {
-        printf("%s{ \"start\": %" PRIu64 ", \"length\": %" PRIu64 ", \"depth\": %d, "
-               "\"present\": %s, \"zero\": %s, \"data\": %s", is_first ? "[" : ",\n",
+        printf("{ \"start\": %" PRIu64 ", \"length\": %" PRIu64 ", \"depth\": %d, "
+               "\"present\": %s, \"zero\": %s, \"data\": %s",
                e->start, e->length, e->depth, json_bool(e->flags, VIMG_BS_ALLOCATED),
                json_bool(e->flags, VIMG_BS_ZERO), json_bool(e->flags, VIMG_BS_DATA));
         if (has_offset)
             printf(", \"offset\": %" PRIu64, e->offset);
-        printf("}");
+        printf("}%s", has_next ? ",\n" : "");
         return 0;
     }
     if ((e->flags & VIMG_BS_DATA) && !has_offset) {
@@ -108,7 +112,6 @@ static int
 map_range(struct vimg_node *node, uint64_t start, uint64_t end, bool is_json)
 {
     struct map_entry curr = { .start = start }, next;
-    bool is_first = true;
     uint64_t offset = start;
 
     while (offset < end) {
@@ -123,14 +126,11 @@ map_range(struct vimg_node *node, uint64_t start, uint64_t end, bool is_json)
             curr.length += next.length;
             continue;
         }
-        if (curr.length > 0) {
-            if (dump_entry(&curr, is_json, is_first) < 0)
-                return -1;
-            is_first = false;
-        }
+        if (curr.length > 0 && dump_entry(&curr, is_json, true) < 0)
+            return -1;
         curr = next;
     }
-    if (dump_entry(&curr, is_json, is_first) < 0)
+    if (dump_entry(&curr, is_json, false) < 0)
         return -1;
     if (is_json)
         printf("]\n");
@@ -157,7 +157,10 @@ run_map(const struct map_args *a)
     end = (uint64_t)len;
     if (a->max_length >= 0 && a->start + (uint64_t)a->max_length < end)
         end = a->start + (uint64_t)a->max_length;
-    if (!a->is_json)
+    /* The JSON list opens before the first lookup, as in qemu-img. */
+    if (a->is_json)
+        printf("[");
+    else
         printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
     if (map_range(node, a->start, end, a->is_json) == 0)
         ret = 0;
