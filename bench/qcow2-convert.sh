@@ -29,6 +29,7 @@ for tool in qemu-img qemu-io python3; do
 done
 [ -x "$VIMG" ] || { echo "vimg not built at $VIMG" >&2; exit 1; }
 
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/vimg-bench.XXXXXX")
 trap 'rm -rf "$DIR"' EXIT
 SRC=$DIR/src.raw
@@ -137,6 +138,8 @@ for tool in qemu-img vimg; do
 done
 
 echo "source: 2 GiB raw with 1 GiB data; best of $RUNS interleaved runs (warm cache)"
+echo "load average at start: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg)" \
+     "($(nproc) CPUs)"
 printf '%-14s %10s %10s %7s   %-8s %9s %9s %7s\n' case qemu-img vimg ratio goal \
     "cpu q-img" "cpu vimg" ratio
 for name in raw-to-qcow2 qcow2-to-raw "compress(-c)" chain-to-raw; do

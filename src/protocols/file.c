@@ -3,9 +3,14 @@
  * SEEK_DATA/SEEK_HOLE, zero writes and discards from fallocate(2), and
  * creation follows qemu-img's file driver (size rounded up to 512 bytes,
  * preallocation=off|falloc|full, nocow, extent_size_hint).
+ *
+ * The length is fstat'ed once and then kept, moved by our own truncates and
+ * writes past the end (as QEMU keeps a node's length): block status and
+ * the formats above ask for it per request.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <linux/fs.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +22,27 @@
 
 static const char *const file_protocols[] = { "file", NULL };
 
+/* posix.c's helpers take the state as theirs: it comes first. */
+struct file_state {
+    struct vimg_posix_state posix;
+    /* The file's size in bytes, or -1 when it is to be fstat'ed again (after
+       a failed write or resize, or a copy into the file). Growth by other
+       processes goes unseen, as in QEMU. */
+    _Atomic int64_t length;
+};
+
+/* After a write that ended at end: the file is at least that long. */
+static void
+file_grown_to(struct vimg_node *node, uint64_t end)
+{
+    struct file_state *s = node->state;
+    int64_t len = atomic_load(&s->length);
+
+    while (len >= 0 && (uint64_t)len < end &&
+           !atomic_compare_exchange_weak(&s->length, &len, (int64_t)end))
+        ;
+}
+
 static int
 file_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
           struct vimg_error *err)
@@ -26,18 +52,37 @@ file_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
     /* "file:path" names the same file as "path". */
     if (strncmp(name, "file:", 5) == 0)
         memmove(node->filename, name + 5, strlen(name + 5) + 1);
+    atomic_store(&((struct file_state *)node->state)->length, -1);
     return vimg_posix_open(node, opts, flags, false, err);
 }
 
 static int64_t
 file_length(struct vimg_node *node, struct vimg_error *err)
 {
-    struct vimg_posix_state *s = node->state;
+    struct file_state *s = node->state;
+    int64_t len = atomic_load(&s->length);
     struct stat st;
 
-    if (fstat(s->fd, &st) < 0)
+    if (len >= 0)
+        return len;
+    if (fstat(s->posix.fd, &st) < 0)
         return vimg_error_set(err, errno, "%s", strerror(errno));
+    /* A writer that moved it meanwhile wins. */
+    atomic_compare_exchange_strong(&s->length, &len, (int64_t)st.st_size);
     return st.st_size;
+}
+
+static int
+file_pwritev(struct vimg_node *node, uint64_t offset, uint64_t bytes, const struct iovec *iov,
+             int n_iov, unsigned flags, struct vimg_error *err)
+{
+    int ret = vimg_posix_pwritev(node, offset, bytes, iov, n_iov, flags, err);
+
+    if (ret < 0)
+        atomic_store(&((struct file_state *)node->state)->length, -1);
+    else
+        file_grown_to(node, offset + bytes);
+    return ret;
 }
 
 static int
@@ -46,8 +91,11 @@ file_fallocate(struct vimg_node *node, int mode, uint64_t offset, uint64_t bytes
 {
     struct vimg_posix_state *s = node->state;
 
-    if (fallocate(s->fd, mode, (off_t)offset, (off_t)bytes) == 0)
+    if (fallocate(s->fd, mode, (off_t)offset, (off_t)bytes) == 0) {
+        if (!(mode & FALLOC_FL_KEEP_SIZE))
+            file_grown_to(node, offset + bytes);
         return 0;
+    }
     if (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL)
         return vimg_error_set(err, ENOTSUP, "%s", strerror(EOPNOTSUPP));
     return vimg_error_set(err, errno, "%s", strerror(errno));
@@ -190,8 +238,9 @@ static int
 file_truncate(struct vimg_node *node, uint64_t size, bool is_exact, int mode,
               struct vimg_error *err)
 {
-    struct vimg_posix_state *s = node->state;
+    struct file_state *s = node->state;
     int64_t len = file_length(node, err);
+    int ret;
 
     if (len < 0)
         return (int)len;
@@ -200,7 +249,21 @@ file_truncate(struct vimg_node *node, uint64_t size, bool is_exact, int mode,
     /* Growing only when !is_exact: a format may leave its file longer. */
     if (!is_exact && size <= (uint64_t)len)
         return 0;
-    return file_resize_fd(s->fd, (uint64_t)len, size, mode, err);
+    ret = file_resize_fd(s->posix.fd, (uint64_t)len, size, mode, err);
+    atomic_store(&s->length, ret < 0 ? -1 : (int64_t)size);
+    return ret;
+}
+
+/* The copy writes dst's file behind its back: its driver is to look again. */
+static int
+file_copy_range_to(struct vimg_node *node, uint64_t offset, struct vimg_node *dst,
+                   uint64_t dst_offset, uint64_t bytes, struct vimg_error *err)
+{
+    int ret = vimg_posix_copy_range_to(node, offset, dst, dst_offset, bytes, err);
+
+    if (dst->drv->length == file_length)
+        atomic_store(&((struct file_state *)dst->state)->length, -1);
+    return ret;
 }
 
 /* In QEMU's order, which `create` keeps when it prints the options it got. */
@@ -292,7 +355,7 @@ file_create(const char *filename, struct vimg_opts *opts, struct vimg_error *err
 const struct vimg_driver vimg_file_driver = {
     .name = "file",
     .kind = VIMG_DRIVER_PROTOCOL,
-    .state_size = sizeof(struct vimg_posix_state),
+    .state_size = sizeof(struct file_state),
     .protocols = file_protocols,
     .has_zero_init = true,
     .open = file_open,
@@ -300,7 +363,7 @@ const struct vimg_driver vimg_file_driver = {
     .create_opts = file_create_opts,
     .create = file_create,
     .preadv = vimg_posix_preadv,
-    .pwritev = vimg_posix_pwritev,
+    .pwritev = file_pwritev,
     .pwrite_zeroes = file_pwrite_zeroes,
     .discard = file_discard,
     .flush = vimg_posix_flush,
@@ -309,6 +372,6 @@ const struct vimg_driver vimg_file_driver = {
     .allocated_size = vimg_posix_allocated_size,
     .truncate = file_truncate,
     .set_perm = vimg_posix_set_perm,
-    .copy_range_to = vimg_posix_copy_range_to,
+    .copy_range_to = file_copy_range_to,
     .get_fd = vimg_posix_get_fd,
 };

@@ -12,7 +12,8 @@
  * written with zero writes that may unmap otherwise. -C copies data through
  * vimg_node_copy_range, falling back to reading and writing where the two
  * files cannot share a copy (another filesystem). -c writes cluster-sized
- * compressed chunks, a qcow2 target's with several threads per chunk.
+ * compressed chunks; a qcow2 target's chunks are compressed by their workers
+ * at once and stored as they finish, each chunk's clusters together.
  *
  * The -p figures follow qemu-img: the share of "allocated" bytes (data, and
  * zeros with -S 0) written so far, counted by a first pass over the block
@@ -52,7 +53,6 @@ enum {
 #define ZERO_CHUNK_BYTES  ((uint64_t)1 << 30)    /* largest zero write */
 #define MAX_SPARSE_BYTES  ((int64_t)16 << 20)    /* largest -S */
 #define MAX_WORKERS       16
-#define COMPRESS_THREADS  4                      /* most threads compressing one chunk */
 #define BUF_ALIGN         4096
 
 struct convert_args {
@@ -126,10 +126,10 @@ struct convert {
     uint64_t min_sparse;
     uint64_t alignment;       /* zero runs in data start and end on this boundary */
     uint64_t cluster;         /* compressed chunk size */
-    unsigned n_compress_threads;
     bool has_zero_init;
     bool target_has_backing;
     bool is_compressed;
+    bool is_compress_unordered;   /* compressed chunks are written in any order */
     bool is_copy_range;
     bool is_out_of_order;
     bool is_salvage;
@@ -906,70 +906,48 @@ write_zeroes(struct convert *c, uint64_t offset, uint64_t bytes, struct vimg_err
     return vimg_node_pwrite_zeroes(c->target, offset, bytes, VIMG_REQ_MAY_UNMAP, err);
 }
 
-/* One share of a compressed chunk: the clusters of [pos, end) of it. */
-struct compress_part {
-    struct convert *c;
-    const struct chunk *ch;
-    const uint8_t *buf;
-    uint64_t pos, end;
-    int ret;
-    struct vimg_error err;
-};
-
-static void *
-write_compressed_part(void *arg)
+/* The clusters from pos on that are not all zeros, as bytes: at most max, at least one cluster. */
+static uint64_t
+data_cluster_run(const struct convert *c, const struct chunk *ch, const uint8_t *buf,
+                 uint64_t pos, uint64_t max)
 {
-    struct compress_part *part = arg;
-    struct convert *c = part->c;
+    uint64_t end = pos + (ch->bytes - pos < c->cluster ? ch->bytes - pos : c->cluster);
 
-    for (uint64_t pos = part->pos; pos < part->end && part->ret == 0; pos += c->cluster) {
-        uint64_t n = part->end - pos < c->cluster ? part->end - pos : c->cluster;
-        part->ret = vimg_buffer_is_zero(part->buf + pos, n)
-                    ? write_zeroes(c, part->ch->offset + pos, n, &part->err)
-                    : vimg_node_pwrite_compressed(c->target, part->ch->offset + pos,
-                                                  part->buf + pos, n, &part->err);
+    while (end < ch->bytes && end - pos < max) {
+        uint64_t n = ch->bytes - end < c->cluster ? ch->bytes - end : c->cluster;
+
+        if (vimg_buffer_is_zero(buf + end, n))
+            break;
+        end += n;
     }
-    return NULL;
+    return end - pos;
 }
 
 /*
- * Chunks are written in order, so one chunk's clusters are compressed by
- * several threads at once (as QEMU's qcow2 compresses a request's clusters
- * in parallel); each thread takes a contiguous share, so that clusters that
- * follow each other in the guest still mostly follow each other in the file.
+ * Zero clusters are written as zeros, the others compressed: a qcow2
+ * target's by runs in one request (its compressed writes compress a
+ * request's clusters and then store them one after the other), others' one
+ * cluster at a time.
  */
 static int
 write_compressed(struct convert *c, const struct chunk *ch, const uint8_t *buf,
                  struct vimg_error *err)
 {
-    struct compress_part parts[COMPRESS_THREADS];
-    pthread_t threads[COMPRESS_THREADS];
-    uint64_t n_clusters = (ch->bytes + c->cluster - 1) / c->cluster, per;
-    unsigned n = c->n_compress_threads < n_clusters ? c->n_compress_threads
-                                                    : (unsigned)n_clusters;
-    bool is_started[COMPRESS_THREADS] = { false };
-    int ret = 0;
+    uint64_t max = c->is_compress_unordered ? ch->bytes : c->cluster, n;
+    int ret;
 
-    n = n ? n : 1;
-    per = (n_clusters + n - 1) / n * c->cluster;
-    for (unsigned i = 0; i < n; i++) {
-        parts[i] = (struct compress_part){ .c = c, .ch = ch, .buf = buf, .pos = i * per };
-        parts[i].end = (i + 1) * per < ch->bytes ? (i + 1) * per : ch->bytes;
-        /* The first share is this thread's; the others get one each, or run here too. */
-        is_started[i] = i > 0 && pthread_create(&threads[i], NULL, write_compressed_part,
-                                                &parts[i]) == 0;
+    for (uint64_t pos = 0; pos < ch->bytes; pos += n) {
+        n = ch->bytes - pos < c->cluster ? ch->bytes - pos : c->cluster;
+        if (vimg_buffer_is_zero(buf + pos, n)) {
+            ret = write_zeroes(c, ch->offset + pos, n, err);
+        } else {
+            n = data_cluster_run(c, ch, buf, pos, max);
+            ret = vimg_node_pwrite_compressed(c->target, ch->offset + pos, buf + pos, n, err);
+        }
+        if (ret < 0)
+            return ret;
     }
-    for (unsigned i = 0; i < n; i++) {
-        if (is_started[i])
-            pthread_join(threads[i], NULL);
-        else
-            write_compressed_part(&parts[i]);
-    }
-    for (unsigned i = 0; i < n && ret == 0; i++) {
-        if ((ret = parts[i].ret) < 0)
-            *err = parts[i].err;
-    }
-    return ret;
+    return 0;
 }
 
 /* Writes a data buffer, leaving holes for zero runs of -S bytes or more. */
@@ -1082,7 +1060,7 @@ job_run(void *arg)
         ret = -1;
     if (ret == 0 && needs_read)
         ret = job_read(job, &err);
-    if (!c->is_out_of_order)
+    if (!c->is_out_of_order && !c->is_compress_unordered)
         job_wait_turn(job);
     /* Like qemu-img, a chunk that was read is written even when another one failed. */
     if (ret == 0)
@@ -1238,8 +1216,6 @@ static int
 prepare_copy(const struct convert_args *a, struct convert *c)
 {
     uint64_t sparse_pow2 = SECTOR_SIZE;
-    long n_cpus;
-
     c->min_sparse = (uint64_t)a->min_sparse;
     while (sparse_pow2 * 2 <= c->min_sparse)
         sparse_pow2 *= 2;
@@ -1254,11 +1230,15 @@ prepare_copy(const struct convert_args *a, struct convert *c)
     c->has_zero_init = a->skip_create ? a->is_target_zero
                                       : vimg_node_has_zero_init(c->target);
     c->cluster = vimg_node_cluster_size(c->target);
-    /* Only qcow2 in QEMU compresses a request's clusters in parallel; others keep its order. */
-    n_cpus = strcmp(vimg_node_format(c->target), "qcow2") == 0
-             ? sysconf(_SC_NPROCESSORS_ONLN) : 1;
-    c->n_compress_threads = n_cpus < 1 ? 1 : n_cpus > COMPRESS_THREADS ? COMPRESS_THREADS
-                                                                       : (unsigned)n_cpus;
+    /*
+     * qcow2 places compressed clusters wherever they come (QEMU's compresses
+     * a request's clusters in parallel and stores them as they finish), so
+     * its chunks need not wait for their turn: the workers compress theirs
+     * at once instead of one chunk at a time. Others keep the order (a
+     * streamOptimized VMDK is written front to back).
+     */
+    c->is_compress_unordered = c->is_compressed &&
+                               strcmp(vimg_node_format(c->target), "qcow2") == 0;
     if (c->is_compressed && (c->cluster == 0 || c->cluster > CHUNK_BYTES)) {
         tool_error("invalid cluster size");
         return 1;
