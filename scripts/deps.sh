@@ -10,6 +10,7 @@ BUILD_PKGS="$BUILD_PKGS libssh-dev libglusterfs-dev"
 PEER_PKGS="qemu-utils python3 bzip2 util-linux kmod strace libnbd-bin nbdkit bximage cloop-utils
     cryptsetup-bin libvhdi-utils fuse3"
 PEER_PKGS="$PEER_PKGS gnutls-bin fio"
+PEER_PKGS="$PEER_PKGS openssl"
 PEER_PKGS="$PEER_PKGS nbd-server"
 PEER_PKGS="$PEER_PKGS tgt libiscsi-bin qemu-block-extra"
 PEER_PKGS="$PEER_PKGS openssh-server openssh-client glusterfs-server qemu-block-extra"

@@ -79,6 +79,12 @@ int vimg_image_change_backing_file(struct vimg_node *node, const char *backing_f
 /* Empties node's own layer after a commit (qcow2: back to a fresh image). */
 int vimg_image_make_empty(struct vimg_node *node, struct vimg_error *err);
 /* name as node would open it as its backing file: relative to node's directory (malloc'd). */
+/*
+ * name as seen from the image file base: absolute names and names with a
+ * protocol prefix ("file:", "nbd://", "json:") stand as they are, others are
+ * relative to base's directory (QEMU's path_combine). Free the result.
+ */
+char *vimg_path_combine(const char *base, const char *name);
 char *vimg_image_backing_path(const struct vimg_node *node, const char *name);
 /*
  * The image in top's backing chain (below top) that name designates, as the

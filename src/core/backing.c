@@ -34,23 +34,30 @@ vimg_image_make_empty(struct vimg_node *node, struct vimg_error *err)
     return node->drv->make_empty(node, err);
 }
 
+/* Whether name has a protocol prefix: a ':' before any '/' ("file:", "nbd:", "json:", URLs). */
 static bool
-path_is_absolute_or_uri(const char *name)
+path_has_protocol(const char *name)
 {
-    return name[0] == '/' || strstr(name, "://") || strncmp(name, "json:", 5) == 0;
+    return name[strcspn(name, ":/")] == ':';
+}
+
+char *
+vimg_path_combine(const char *base, const char *name)
+{
+    const char *slash = strrchr(base, '/');
+    char *out;
+
+    if (name[0] == '/' || path_has_protocol(name) || !slash)
+        return strdup(name);
+    if (asprintf(&out, "%.*s/%s", (int)(slash - base), base, name) < 0)
+        return NULL;
+    return out;
 }
 
 char *
 vimg_image_backing_path(const struct vimg_node *node, const char *name)
 {
-    const char *slash = strrchr(node->filename, '/');
-    char *out;
-
-    if (path_is_absolute_or_uri(name) || !slash)
-        return strdup(name);
-    if (asprintf(&out, "%.*s/%s", (int)(slash - node->filename), node->filename, name) < 0)
-        return NULL;
-    return out;
+    return vimg_path_combine(node->filename, name);
 }
 
 /* Whether a and b name the same existing file. */
@@ -73,7 +80,7 @@ vimg_image_find_backing(struct vimg_node *top, const char *name)
 
         if (n->backing_filename && strcmp(n->backing_filename, name) == 0)
             return n->backing;
-        if (path_is_absolute_or_uri(name) && strstr(name, "://"))
+        if (path_has_protocol(name))
             continue;
         full = vimg_image_backing_path(n, name);
         is_match = full && same_file(full, n->backing->filename);

@@ -169,6 +169,35 @@ vimg_protocol_guess(const char *filename)
     return best ? best : vimg_driver_find("file");
 }
 
+/*
+ * A filename given as an option is not a filename string: as in QEMU, no URI
+ * prefix picks its protocol (a device still does), and the drivers that parse
+ * a string (QEMU's bdrv_parse_filename) never see it: the URL protocols open
+ * from their other options and file/host_device keep a "file:" prefix. gluster
+ * reads its "filename" option itself.
+ */
+static const char *const string_only_protocols[] = { "blkdebug", "iscsi", "nbd", "ssh", NULL };
+
+static const struct vimg_driver *
+protocol_guess(const char *name, bool is_string)
+{
+    const struct vimg_driver *drv, *best = NULL;
+    int best_score = 0;
+
+    if (is_string)
+        return vimg_protocol_guess(name);
+    for (size_t i = 0; (drv = vimg_driver_at(i)) != NULL; i++) {
+        if (drv->probe_device) {
+            int score = drv->probe_device(name);
+            if (score > best_score) {
+                best_score = score;
+                best = drv;
+            }
+        }
+    }
+    return best ? best : vimg_driver_find("file");
+}
+
 static int
 probe_format(struct vimg_node *file, const struct vimg_driver **out, struct vimg_error *err)
 {
@@ -211,9 +240,26 @@ node_open_protocol(struct vimg_node *node, struct vimg_opts *opts, const char *f
                    unsigned flags, struct vimg_error *err)
 {
     const char *name = vimg_opts_peek(opts, "filename");
+    size_t plen = strlen(node->drv->name);
+    char *hidden = NULL;
     int ret;
 
-    if (filename && !name) {
+    if (name) {
+        /* The driver does not see it; left unused, it is refused once the open worked. */
+        for (const char *const *p = string_only_protocols; *p; p++) {
+            if (strcmp(node->drv->name, *p) == 0) {
+                if (!(hidden = strdup(name)))
+                    return vimg_error_set(err, ENOMEM, "Out of memory");
+                vimg_opts_del(opts, "filename");
+                name = NULL;
+                break;
+            }
+        }
+    } else if (filename) {
+        /* The string's "file:" / "host_device:" prefix goes, as QEMU's parse drops it. */
+        if ((strcmp(node->drv->name, "file") == 0 || strcmp(node->drv->name, "host_device") == 0)
+            && strncmp(filename, node->drv->name, plen) == 0 && filename[plen] == ':')
+            filename += plen + 1;
         if ((ret = vimg_opts_set(opts, "filename", filename, err)) < 0)
             return ret;
         name = filename;
@@ -223,8 +269,14 @@ node_open_protocol(struct vimg_node *node, struct vimg_opts *opts, const char *f
                               node->drv->name);
     node->filename = strdup(name ? name : node->drv->name);
     if (!node->filename)
-        return vimg_error_set(err, ENOMEM, "Out of memory");
-    return node->drv->open(node, opts, flags, err);
+        ret = vimg_error_set(err, ENOMEM, "Out of memory");
+    else
+        ret = node->drv->open(node, opts, flags, err);
+    if (ret == 0 && hidden && (ret = vimg_opts_set(opts, "filename", hidden, err)) < 0 &&
+        node->drv->close)
+        node->drv->close(node);
+    free(hidden);
+    return ret;
 }
 
 /*
@@ -252,35 +304,15 @@ node_open_file_child(struct vimg_node *node, struct vimg_opts *opts, const char 
         filename = file_ref;
     if (!vimg_opts_has(child_opts, "driver")) {
         const char *name = vimg_opts_peek(child_opts, "filename");
-        if (!name)
-            name = filename;
         if (name)
-            ret = vimg_opts_set(child_opts, "driver", vimg_protocol_guess(name)->name, err);
+            ret = vimg_opts_set(child_opts, "driver", protocol_guess(name, false)->name, err);
+        else if (filename)
+            ret = vimg_opts_set(child_opts, "driver", protocol_guess(filename, true)->name, err);
     }
     if (ret == 0)
         ret = node_open(&node->file, child_opts, filename, flags, err);
     vimg_opts_free(own);
     return ret;
-}
-
-static char *
-path_join_dir(const char *base_file, const char *rel)
-{
-    char *copy, *dir, *out;
-
-    if (rel[0] == '/' || strstr(rel, "://") || strncmp(rel, "json:", 5) == 0)
-        return strdup(rel);
-    copy = strdup(base_file);
-    if (!copy)
-        return NULL;
-    dir = dirname(copy);
-    if (strcmp(dir, ".") == 0 && base_file[0] != '.') {
-        out = strdup(rel);
-    } else if (asprintf(&out, "%s/%s", dir, rel) < 0) {
-        out = NULL;
-    }
-    free(copy);
-    return out;
 }
 
 /*
@@ -328,7 +360,7 @@ node_open_backing(struct vimg_node *node, struct vimg_opts *opts, unsigned flags
         return 0;
     if (node->backing_filename) {
         free(node->full_backing_filename);
-        node->full_backing_filename = path_join_dir(node->filename, node->backing_filename);
+        node->full_backing_filename = vimg_path_combine(node->filename, node->backing_filename);
         if (!node->full_backing_filename)
             return vimg_error_set(err, ENOMEM, "Out of memory");
     }
@@ -556,7 +588,8 @@ node_check_write_alignment(struct vimg_node *node, unsigned perm, struct vimg_er
     len = node->drv->length(node, err);
     if (len < 0)
         return (int)len;
-    if (len % node->request_alignment)
+    /* QEMU compares its length in whole sectors, so a last partial sector is no obstacle. */
+    if (((len + 511) & ~(int64_t)511) % node->request_alignment)
         return vimg_error_set(err, EINVAL, "Cannot get 'write' permission without 'resize': "
                               "Image size is not a multiple of request alignment");
     return 0;
@@ -684,17 +717,17 @@ vimg_open_child(struct vimg_node **out, struct vimg_node *parent, const char *ro
         return ret;
     if ((flags & VIMG_OPEN_PROTOCOL) && !vimg_opts_has(o, "driver")) {
         const char *name = vimg_opts_peek(o, "filename");
-        if (!name)
-            name = filename;
         if (name)
-            ret = vimg_opts_set(o, "driver", vimg_protocol_guess(name)->name, err);
+            ret = vimg_opts_set(o, "driver", protocol_guess(name, false)->name, err);
+        else if (filename)
+            ret = vimg_opts_set(o, "driver", protocol_guess(filename, true)->name, err);
         if (ret < 0) {
             vimg_opts_free(o);
             return ret;
         }
     }
     if (filename && parent && parent->filename && !vimg_opts_has(o, "file")) {
-        char *full = path_join_dir(parent->filename, filename);
+        char *full = vimg_path_combine(parent->filename, filename);
         if (!full) {
             vimg_opts_free(o);
             return vimg_error_set(err, ENOMEM, "Out of memory");

@@ -6,19 +6,36 @@
  * an endpoint and peer verification. The files are checked when the object
  * is created, as QEMU loads them then; GnuTLS reads them when a session
  * starts (src/nbd/tls.c, the nbd client's libnbd).
- * Leaves out: tls-creds-anon, sanity-check, passwordid, CRLs, DH parameters.
+ * x509 with sanity-check=on (the default) also checks the certificates
+ * then, in the order and words qemu-nbd/qemu-img 7.2 are seen to use: our
+ * own certificate (server-cert.pem, or client-cert.pem if there is one)
+ * for its dates, for not being a CA, for a critical key usage without
+ * digital signature and a critical purpose without TLS server/client; each
+ * CA certificate for its dates, for being a CA and for a critical key usage
+ * without certificate signing; then our own certificate against the CAs
+ * (not against ca-crl.pem: qemu-nbd serves a certificate its own CRL
+ * revokes). Non-critical usage and purpose pass. The peer's certificate is
+ * checked against ca-crl.pem by the nbd client (src/nbd/libnbd-client.c).
+ * Leaves out: tls-creds-anon, passwordid, DH parameters.
  */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <vimg/object.h>
 #include <vimg/opts.h>
 
+#include "config.h"
 #include "crypto/tls-creds.h"
+
+#ifdef VIMG_HAVE_GNUTLS
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
+#endif
 
 struct tls_creds_entry {
     char *id;
@@ -58,12 +75,229 @@ tls_creds_check_files(const struct vimg_tls_creds *c, struct vimg_error *err)
     return tls_creds_check_file(c->dir, "server-key.pem", err);
 }
 
+#ifdef VIMG_HAVE_GNUTLS
+struct tls_certs {
+    gnutls_x509_crt_t *crts;
+    unsigned n;
+};
+
+static void
+tls_certs_free(struct tls_certs *l)
+{
+    for (unsigned i = 0; i < l->n; i++)
+        gnutls_x509_crt_deinit(l->crts[i]);
+    gnutls_free(l->crts);
+    l->crts = NULL;
+    l->n = 0;
+}
+
+/* Our own certificate (the file's first), in QEMU's words: "Unable to import WHO certificate". */
+static int
+tls_certs_load_own(const char *path, const char *who, struct tls_certs *l,
+                   struct vimg_error *err)
+{
+    gnutls_datum_t data = { NULL, 0 };
+    int g;
+
+    if ((g = gnutls_load_file(path, &data)) < 0)
+        return vimg_error_set(err, EIO, "Cannot load %s certificate %s: %s", who, path,
+                              gnutls_strerror(g));
+    if (!(l->crts = gnutls_malloc(sizeof(*l->crts)))) {
+        gnutls_free(data.data);
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    }
+    if ((g = gnutls_x509_crt_init(&l->crts[0])) == 0) {
+        l->n = 1;
+        g = gnutls_x509_crt_import(l->crts[0], &data, GNUTLS_X509_FMT_PEM);
+    }
+    gnutls_free(data.data);
+    if (g < 0)
+        return vimg_error_set(err, EINVAL, "Unable to import %s certificate %s: %s", who, path,
+                              gnutls_strerror(g));
+    return 0;
+}
+
+static int
+tls_certs_load_cas(const char *path, struct tls_certs *l, struct vimg_error *err)
+{
+    gnutls_datum_t data = { NULL, 0 };
+    int g;
+
+    if ((g = gnutls_load_file(path, &data)) < 0)
+        return vimg_error_set(err, EIO, "Cannot load CA certificate %s: %s", path,
+                              gnutls_strerror(g));
+    g = gnutls_x509_crt_list_import2(&l->crts, &l->n, &data, GNUTLS_X509_FMT_PEM, 0);
+    gnutls_free(data.data);
+    if (g < 0 || l->n == 0) {
+        if (g >= 0)
+            gnutls_free(l->crts);
+        l->crts = NULL;
+        l->n = 0;
+        return vimg_error_set(err, EINVAL, "Unable to import CA certificate list %s", path);
+    }
+    return 0;
+}
+
+static int
+tls_check_times(gnutls_x509_crt_t crt, const char *what, const char *path,
+                struct vimg_error *err)
+{
+    time_t now = time(NULL);
+
+    if (gnutls_x509_crt_get_expiration_time(crt) < now)
+        return vimg_error_set(err, EACCES, "The %s certificate %s has expired", what, path);
+    if (gnutls_x509_crt_get_activation_time(crt) > now)
+        return vimg_error_set(err, EACCES, "The %s certificate %s is not yet active", what,
+                              path);
+    return 0;
+}
+
+/* Our own certificate: dates, not a CA, critical usage and purpose. */
+static int
+tls_check_own(gnutls_x509_crt_t crt, bool is_server, const char *path, struct vimg_error *err)
+{
+    const char *role = is_server ? "server" : "client";
+    const char *want = is_server ? GNUTLS_KP_TLS_WWW_SERVER : GNUTLS_KP_TLS_WWW_CLIENT;
+    unsigned critical = 0, usage = 0;
+    bool has_purpose = false, is_allowed = false, is_critical = false;
+    int ret;
+
+    if ((ret = tls_check_times(crt, role, path, err)) < 0)
+        return ret;
+    if (gnutls_x509_crt_get_basic_constraints(crt, &critical, NULL, NULL) > 0)
+        return vimg_error_set(err, EACCES, "The certificate %s basic constraints show a CA, "
+                              "but we need one for a %s", path, role);
+    if (gnutls_x509_crt_get_key_usage(crt, &usage, &critical) >= 0 && critical &&
+        !(usage & GNUTLS_KEY_DIGITAL_SIGNATURE))
+        return vimg_error_set(err, EACCES, "Certificate %s usage does not permit digital "
+                              "signature", path);
+    for (unsigned i = 0;; i++) {
+        char oid[256];
+        size_t len = sizeof(oid);
+        critical = 0;
+        if (gnutls_x509_crt_get_key_purpose_oid(crt, i, oid, &len, &critical) < 0)
+            break;
+        has_purpose = true;
+        is_critical |= critical != 0;
+        is_allowed |= strcmp(oid, want) == 0 || strcmp(oid, GNUTLS_KP_ANY) == 0;
+    }
+    if (has_purpose && is_critical && !is_allowed)
+        return vimg_error_set(err, EACCES, "Certificate %s purpose does not allow use with a "
+                              "TLS %s", path, role);
+    return 0;
+}
+
+static int
+tls_check_ca(gnutls_x509_crt_t crt, const char *path, struct vimg_error *err)
+{
+    unsigned critical = 0, usage = 0;
+    int ret;
+
+    if ((ret = tls_check_times(crt, "CA", path, err)) < 0)
+        return ret;
+    if (gnutls_x509_crt_get_basic_constraints(crt, &critical, NULL, NULL) == 0)
+        return vimg_error_set(err, EACCES, "The certificate %s basic constraints do not "
+                              "show a CA", path);
+    if (gnutls_x509_crt_get_key_usage(crt, &usage, &critical) >= 0 && critical &&
+        !(usage & GNUTLS_KEY_KEY_CERT_SIGN))
+        return vimg_error_set(err, EACCES, "Certificate %s usage does not permit "
+                              "certificate signing", path);
+    return 0;
+}
+
+/* A verification status in the words QEMU uses for it. */
+static const char *
+tls_status_reason(unsigned status)
+{
+    const char *why = "Invalid certificate";
+
+    if (status & GNUTLS_CERT_INVALID)
+        why = "The certificate is not trusted";
+    if (status & GNUTLS_CERT_SIGNER_NOT_FOUND)
+        why = "The certificate hasn't got a known issuer";
+    if (status & GNUTLS_CERT_REVOKED)
+        why = "The certificate has been revoked";
+    if (status & GNUTLS_CERT_INSECURE_ALGORITHM)
+        why = "The certificate uses an insecure algorithm";
+    return why;
+}
+
+static int
+tls_check_chain(gnutls_x509_crt_t crt, const struct tls_certs *cas, const char *path,
+                const char *ca_path, struct vimg_error *err)
+{
+    unsigned status = 0;
+    int g;
+
+    g = gnutls_x509_crt_list_verify(&crt, 1, cas->crts, cas->n, NULL, 0, 0, &status);
+    if (g < 0)
+        return vimg_error_set(err, EACCES, "Unable to verify certificate %s against %s: %s",
+                              path, ca_path, gnutls_strerror(g));
+    if (status)
+        return vimg_error_set(err, EACCES, "Our own certificate %s failed validation "
+                              "against %s: %s", path, ca_path, tls_status_reason(status));
+    return 0;
+}
+
+/* A server's ca-crl.pem must load when the object is created (a client's loads on connect). */
+static int
+tls_creds_check_crl(const struct vimg_tls_creds *c, struct vimg_error *err)
+{
+    gnutls_certificate_credentials_t x509;
+    char path[4096];
+    int g, ret = 0;
+
+    snprintf(path, sizeof(path), "%s/ca-crl.pem", c->dir);
+    if (!c->is_server || access(path, F_OK) < 0)
+        return 0;
+    if ((g = gnutls_certificate_allocate_credentials(&x509)) < 0)
+        return vimg_error_set(err, ENOMEM, "Cannot allocate credentials: %s",
+                              gnutls_strerror(g));
+    if ((g = gnutls_certificate_set_x509_crl_file(x509, path, GNUTLS_X509_FMT_PEM)) < 0)
+        ret = vimg_error_set(err, EINVAL, "Cannot load CRL '%s': %s", path, gnutls_strerror(g));
+    gnutls_certificate_free_credentials(x509);
+    return ret;
+}
+
+/* sanity-check=on: QEMU's checks of the x509 files when the object is created. */
+static int
+tls_creds_sanity_check(const struct vimg_tls_creds *c, struct vimg_error *err)
+{
+    struct tls_certs own = { NULL, 0 }, cas = { NULL, 0 };
+    char ca_path[4096], path[4096], key[4096];
+    const char *who = c->is_server ? "server" : "client";
+    int ret;
+
+    snprintf(ca_path, sizeof(ca_path), "%s/ca-cert.pem", c->dir);
+    snprintf(path, sizeof(path), "%s/%s-cert.pem", c->dir, who);
+    snprintf(key, sizeof(key), "%s/%s-key.pem", c->dir, who);
+    if (!c->is_server && (access(path, R_OK) < 0 || access(key, R_OK) < 0))
+        path[0] = '\0';
+    if (path[0] && (ret = tls_certs_load_own(path, who, &own, err)) < 0)
+        goto out;
+    if ((ret = tls_certs_load_cas(ca_path, &cas, err)) < 0)
+        goto out;
+    if (own.n > 0 && (ret = tls_check_own(own.crts[0], c->is_server, path, err)) < 0)
+        goto out;
+    for (unsigned i = 0; i < cas.n; i++)
+        if ((ret = tls_check_ca(cas.crts[i], ca_path, err)) < 0)
+            goto out;
+    if (own.n > 0)
+        ret = tls_check_chain(own.crts[0], &cas, path, ca_path, err);
+out:
+    tls_certs_free(&own);
+    tls_certs_free(&cas);
+    return ret;
+}
+#endif
+
 static int
 tls_creds_parse(struct vimg_opts *o, const char *type, struct vimg_tls_creds *c,
                 struct vimg_error *err)
 {
     static const char *const endpoints[] = { "client", "server", NULL };
     const char *dir, *user, *prio;
+    bool is_sane_check = true;
     int endpoint;
     char key[128];
     int ret;
@@ -73,6 +307,9 @@ tls_creds_parse(struct vimg_opts *o, const char *type, struct vimg_tls_creds *c,
         return vimg_error_set(err, EINVAL, "Parameter 'endpoint' does not accept value '%s'",
                               vimg_opts_get(o, "endpoint"));
     if ((ret = vimg_opts_get_bool(o, "verify-peer", true, &c->verify_peer, err)) < 0)
+        return ret;
+    if (c->type == VIMG_TLS_CREDS_X509 &&
+        (ret = vimg_opts_get_bool(o, "sanity-check", true, &is_sane_check, err)) < 0)
         return ret;
     c->is_server = endpoint == 1;
     dir = vimg_opts_get(o, "dir");
@@ -87,7 +324,16 @@ tls_creds_parse(struct vimg_opts *o, const char *type, struct vimg_tls_creds *c,
     c->priority = prio ? strdup(prio) : NULL;
     if (!c->dir || (user && !c->username) || (prio && !c->priority))
         return vimg_error_set(err, ENOMEM, "Out of memory");
-    return tls_creds_check_files(c, err);
+    if ((ret = tls_creds_check_files(c, err)) < 0)
+        return ret;
+#ifdef VIMG_HAVE_GNUTLS
+    if (c->type == VIMG_TLS_CREDS_X509 && is_sane_check &&
+        (ret = tls_creds_sanity_check(c, err)) < 0)
+        return ret;
+    if (c->type == VIMG_TLS_CREDS_X509)
+        return tls_creds_check_crl(c, err);
+#endif
+    return 0;
 }
 
 int

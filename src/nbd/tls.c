@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <vimg/object.h>
 
@@ -55,6 +56,11 @@ nbd_tls_load_x509(struct nbd_tls *t, struct vimg_error *err)
         return nbd_tls_fail(err, r, "Cannot allocate credentials", NULL);
     if ((r = gnutls_certificate_set_x509_trust_file(t->x509, ca, GNUTLS_X509_FMT_PEM)) < 0)
         return nbd_tls_fail(err, r, "Cannot load CA certificate", ca);
+    snprintf(cert, sizeof(cert), "%s/ca-crl.pem", t->creds.dir);   /* checked by tls-creds.c */
+    if (access(cert, F_OK) == 0 &&
+        (r = gnutls_certificate_set_x509_crl_file(t->x509, cert, GNUTLS_X509_FMT_PEM)) < 0)
+        return nbd_tls_fail(err, r, "Cannot load CRL", cert);
+    snprintf(cert, sizeof(cert), "%s/server-cert.pem", t->creds.dir);
     if ((r = gnutls_certificate_set_x509_key_file(t->x509, cert, key,
                                                   GNUTLS_X509_FMT_PEM)) < 0)
         return nbd_tls_fail(err, r, "Cannot load certificate", cert);
@@ -180,6 +186,8 @@ nbd_tls_verify(const struct nbd_tls *t, gnutls_session_t s, struct vimg_error *e
         return 0;
     if ((r = gnutls_certificate_verify_peers2(s, &status)) < 0)
         return nbd_tls_fail(err, r, "Cannot verify the client's certificate", NULL);
+    if (status & GNUTLS_CERT_REVOKED)
+        return vimg_error_set(err, EACCES, "The certificate has been revoked");
     if (status)
         return vimg_error_set(err, EACCES, "The client's certificate is not trusted "
                               "(status 0x%x)", status);

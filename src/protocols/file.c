@@ -47,11 +47,8 @@ static int
 file_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
           struct vimg_error *err)
 {
-    const char *name = node->filename;
-
-    /* "file:path" names the same file as "path". */
-    if (strncmp(name, "file:", 5) == 0)
-        memmove(node->filename, name + 5, strlen(name + 5) + 1);
+    /* A filename string's "file:" prefix was dropped by the core; as an option it is part
+     * of the name, as in QEMU. */
     atomic_store(&((struct file_state *)node->state)->length, -1);
     return vimg_posix_open(node, opts, flags, false, err);
 }

@@ -35,8 +35,6 @@ host_device_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
     struct stat st;
     int sector_size = 512, ret;
 
-    if (strncmp(node->filename, "host_device:", 12) == 0)
-        memmove(node->filename, node->filename + 12, strlen(node->filename + 12) + 1);
     if ((ret = vimg_posix_open(node, opts, flags, true, err)) < 0)
         return ret;
     if (fstat(s->fd, &st) < 0 || !S_ISBLK(st.st_mode)) {

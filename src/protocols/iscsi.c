@@ -30,8 +30,12 @@
  * As in QEMU, the section named for the target replaces the plain [iscsi]
  * section (keys do not fall through from one to the other); settings given
  * in the filename or as options win over the file. Other sections ([drive],
- * ...) are skipped. The initiator name defaults to iqn.2008-11.org.linux-kvm
- * (the tools have no VM name or UUID to append).
+ * ...) are skipped. With no section for the target, QEMU takes the first
+ * iscsi group of any id, vimg the plain [iscsi] section: the same when [iscsi]
+ * comes first, and qemu-img (no -readconfig) cannot show the difference; a
+ * section for another target never applies here. The initiator name
+ * defaults to iqn.2008-11.org.linux-kvm (the tools have no VM name or UUID
+ * to append).
  *
  * Requests: one session per open LUN, many commands in flight on it. An event
  * thread owns the socket (poll + iscsi_service); callers queue a task under
@@ -1023,7 +1027,8 @@ iscsi_close(struct vimg_node *node)
     struct iscsi_state *s = node->state;
     struct vimg_error err = { 0 };
 
-    if (s->is_writable && !s->is_dead)
+    /* Not with cache=unsafe (convert's default target mode), as qemu-img. */
+    if (s->is_writable && !s->is_dead && !(node->open_flags & VIMG_OPEN_NO_FLUSH))
         iscsi_flush(node, &err);
     iscsi_teardown(s);
 }

@@ -505,7 +505,7 @@ nbd_read_opts(struct vimg_opts *opts, struct nbd_addr *a, struct vimg_error *err
         return ret;
     a->has_tls = true;
     if (a->tls.is_server)
-        return vimg_error_set(err, EINVAL, "Expecting TLS credentials with a client endpoint");
+        return vimg_error_set(err, EINVAL, "Expected TLS credentials for a client endpoint");
     return 0;
 }
 

@@ -161,10 +161,12 @@ probe_alignment(struct vimg_node *node, int fd)
             break;
         }
     }
-    /* A read of a hole succeeds at any size, so 1 may only mean the probe hit a hole;
-     * writes there still need whole sectors. */
-    if (node->request_alignment < 512)
-        node->request_alignment = 512;
+    /* A read of a hole succeeds at any size, so 1 may only mean the probe hit a hole:
+     * as QEMU, assume the largest block size then (a page, at least 4096). */
+    if (node->request_alignment == 1) {
+        long page = sysconf(_SC_PAGESIZE);
+        node->request_alignment = page > 4096 ? (uint32_t)page : 4096;
+    }
     free(buf);
 }
 

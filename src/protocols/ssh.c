@@ -297,7 +297,8 @@ ssh_parse_server_opts(struct vimg_opts *opts, struct ssh_conf *c, struct vimg_er
             return ssh_dup_opt(opts, "port", &c->port, err);
         return 0;
     }
-    vimg_opts_get_dict(opts, "server");
+    if (!vimg_opts_get_dict(opts, "server"))
+        return vimg_error_set(err, EINVAL, "Parameter 'server' is missing");
     if ((ret = ssh_dup_opt(opts, "server.host", &c->host, err)) < 0 ||
         (ret = ssh_dup_opt(opts, "server.port", &c->port, err)) < 0)
         return ret;

@@ -216,8 +216,13 @@ snapshot_backing_opts(struct vimg_opts *o, const char *filename, const struct sn
             ret = snapshot_copy_opts(o, "backing.", json, err);
         vimg_opts_free(json);
     } else if (ret == 0 && filename) {
-        ret = vimg_opts_set(o, b->is_protocol ? "backing.filename" : "backing.file", filename,
-                            err);
+        /* A "file" string is parsed as the user's filename string (a protocol's URL), which
+         * a "filename" option is not: a protocol node goes under raw unless -o named it. */
+        bool under_raw = b->is_protocol && !(opts && vimg_opts_peek(opts, "driver"));
+        ret = vimg_opts_set(o, b->is_protocol && !under_raw ? "backing.filename" : "backing.file",
+                            filename, err);
+        if (ret == 0 && under_raw)
+            ret = vimg_opts_set(o, "backing.driver", "raw", err);
     }
     if (ret == 0)
         ret = vimg_opts_set_default(o, "backing.driver", b->format, err);

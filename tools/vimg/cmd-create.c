@@ -64,20 +64,6 @@ format_has_backing(const char *fmt, const char *filename)
     return has;
 }
 
-/* A relative backing file name is relative to the new image's directory. */
-static char *
-backing_path(const char *filename, const char *backing)
-{
-    const char *slash = strrchr(filename, '/');
-    char *path;
-
-    if (backing[0] == '/' || !slash || strstr(backing, "://") || strncmp(backing, "json:", 5) == 0)
-        return strdup(backing);
-    if (asprintf(&path, "%.*s/%s", (int)(slash - filename), filename, backing) < 0)
-        return NULL;
-    return path;
-}
-
 /*
  * As qemu-img does without -u: the backing file must open, its format must
  * be named, and it gives the size when none was.
@@ -89,7 +75,7 @@ check_backing(const char *filename, struct vimg_opts *opts)
     const char *backing_fmt = vimg_opts_peek(opts, "backing_fmt");
     struct vimg_error err = { 0 };
     struct vimg_node *node = NULL;
-    char *path = backing_path(filename, backing);
+    char *path = vimg_path_combine(filename, backing);
     char buf[32];
     int64_t len;
     int ret = -1;
