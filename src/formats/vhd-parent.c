@@ -64,6 +64,7 @@ void
 vhd_parent_path_to_host(char *s)
 {
     char *r = s, *w = s;
+    size_t skip;
 
     if (strncmp(s, "file://", 7) == 0) {
         /* file://host/path or file:///path: the path, %XX decoded. */
@@ -92,8 +93,14 @@ vhd_parent_path_to_host(char *s)
     for (; *r; r++)
         *w++ = *r == '\\' ? '/' : *r;
     *w = '\0';
-    while (strncmp(s, "./", 2) == 0)
-        memmove(s, s + 2, strlen(s + 2) + 1);
+    skip = 0;
+    while (s[skip] == '.' && s[skip + 1] == '/')
+        skip += 2;
+    if (skip) {
+        size_t len = strlen(s + skip);
+        for (size_t i = 0; i <= len; i++)
+            s[i] = s[skip + i];
+    }
 }
 
 /* path against the directory of image, malloc'd. */

@@ -19,6 +19,11 @@
  * The driver's callbacks are named nbd_client_<op>, not nbd_<op>: libnbd's
  * API already owns nbd_flush, nbd_close and their like.
  *
+ * An export cannot be created or resized: create (qemu-img's fallback for
+ * protocols without one) opens it, checks that it is large enough and zeroes
+ * its first 512 bytes; truncate accepts only the export's size, or less when
+ * inexact.
+ *
  * Leaves out: reconnection
  * (reconnect-delay and open-timeout are accepted and ignored), dirty bitmaps
  * (x-dirty-bitmap).
@@ -769,6 +774,65 @@ nbd_client_block_status(struct vimg_node *node, uint64_t offset, uint64_t bytes,
     return 0;
 }
 
+/*
+ * An export keeps its size: only "resizing" to it, or to less when inexact,
+ * succeeds. The preallocation mode is ignored, as in qemu-img (a qcow2 with
+ * preallocation=full is created on an export).
+ */
+static int
+nbd_client_truncate(struct vimg_node *node, uint64_t size, bool is_exact, int prealloc,
+                    struct vimg_error *err)
+{
+    struct nbd_state *s = node->state;
+
+    (void)prealloc;
+    if (is_exact && size != s->size)
+        return vimg_error_set(err, ENOTSUP, "Cannot resize NBD nodes");
+    if (size > s->size)
+        return vimg_error_set(err, EINVAL, "Cannot grow NBD nodes");
+    return 0;
+}
+
+static const struct vimg_opt_desc nbd_create_opts[] = {
+    { "preallocation", VIMG_OPT_STRING, "Preallocation mode (allowed values: off)", NULL },
+    { "size", VIMG_OPT_SIZE, "Virtual disk size", NULL },
+    { NULL, 0, NULL, NULL },
+};
+
+/*
+ * "Creating" on an export, as qemu-img does for protocols without their own
+ * create: open it, check the size fits, and zero the first 512 bytes (even
+ * for size 0) so that no old header is probed later.
+ */
+static int
+nbd_client_create(const char *filename, struct vimg_opts *opts, struct vimg_error *err)
+{
+    static const uint8_t zeros[512];
+    struct vimg_node *node;
+    const char *mode = vimg_opts_get(opts, "preallocation");
+    uint64_t size;
+    int prealloc = VIMG_PREALLOC_OFF, ret;
+
+    if ((ret = vimg_opts_get_size(opts, "size", 0, &size, err)) < 0)
+        return ret;
+    if (mode && (ret = vimg_prealloc_parse(mode, &prealloc, err)) < 0)
+        return ret;
+    if (prealloc != VIMG_PREALLOC_OFF)
+        return vimg_error_set(err, ENOTSUP, "Unsupported preallocation mode '%s'",
+                              vimg_prealloc_name(prealloc));
+    ret = vimg_open(&node, filename, NULL, NULL, VIMG_OPEN_RDWR | VIMG_OPEN_PROTOCOL, err);
+    if (ret < 0) {
+        vimg_error_prefix(err, "Protocol driver 'nbd' does not support image creation, and "
+                          "opening the image failed: ");
+        return ret;
+    }
+    ret = nbd_client_truncate(node, size, false, prealloc, err);
+    if (ret == 0 && (ret = vimg_node_pwrite(node, 0, zeros, sizeof(zeros), 0, err)) < 0)
+        vimg_error_prefix(err, "Failed to clear the new image's first sector: ");
+    vimg_close(node);
+    return ret;
+}
+
 const struct vimg_driver vimg_nbd_driver = {
     .name = "nbd",
     .kind = VIMG_DRIVER_PROTOCOL,
@@ -777,6 +841,9 @@ const struct vimg_driver vimg_nbd_driver = {
     .lacks_get_info = true,
     .open = nbd_client_open,
     .close = nbd_client_close,
+    .create_opts = nbd_create_opts,
+    .create = nbd_client_create,
+    .truncate = nbd_client_truncate,
     .preadv = nbd_client_preadv,
     .pwritev = nbd_client_pwritev,
     .pwrite_zeroes = nbd_client_pwrite_zeroes,

@@ -4,7 +4,8 @@
 # prints the same `info` (human and JSON, image: line included) and `map`,
 # fails with qemu-img's messages when the server or export is missing, and
 # reads the same bytes, from nbdkit (memory, sparse-random) and qemu-nbd
-# serving raw and qcow2.
+# serving raw and qcow2; creates, resizes and converts onto an export
+# (raw and qcow2) as qemu-img's fallback for protocols without a create does.
 source "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io qemu-nbd nbdkit
 
@@ -109,4 +110,59 @@ if [ -x "$VIMG_IO" ]; then
     run_io() { "$1" -f raw -c 'read 0 512' "$RAW" 2>&1 | sed 's/^[a-z-]*io:/TOOL:/'; }
     expect_same <(run_io qemu-io) <(run_io "$VIMG_IO") "read-only export opened rw"
 fi
+# Creating on an export, as qemu-img's fallback for protocols without their
+# own create does: the export is opened, must be large enough, and its first
+# 512 bytes are zeroed; -o takes only size and preallocation=off.
+qemu-img create -q -f raw dst.raw 16M
+qemu-nbd -t -k "$TESTDIR/dst.sock" -f raw dst.raw & dst_pid=$!
+on_exit "kill $dst_pid"
+qemu-img create -q -f raw big.raw 32M
+wait_sock dst.sock
+DST="nbd+unix:///?socket=$TESTDIR/dst.sock"
+# fill: the whole export holds 0xee.
+fill() { qemu-io -f raw -c 'write -P 0xee 0 16M' "$DST" >/dev/null || fail "fill $DST"; }
+# vimv ARGS...: runs vimg alone (after fill, so that qemu-img's run proves nothing).
+vimv() { "$VIMG" "$@" >out 2>&1 || { cat out >&2; fail "vimg $*"; }; }
+same create -f raw "$DST" 8M
+fill
+vimv create -f raw "$DST" 8M
+qemu-io -f raw -c 'read -P 0 0 512' -c 'read -P 0xee 512 1k' "$DST" >out 2>&1 ||
+    { cat out >&2; fail "read after create"; }
+grep -q "Pattern verification failed" out && { cat out >&2; fail "first sector after create"; }
+fill
+vimv create -f raw "$DST" 0
+qemu-io -f raw -c 'read -P 0 0 512' "$DST" >out 2>&1
+grep -q "Pattern verification failed" out && fail "first sector after create of size 0"
+for args in "-f raw $DST 16M" "-f raw $DST 32M" "-f raw $DST" "-f raw -o size=4M $DST" \
+            "-f raw -o preallocation=off $DST 8M" "-f raw -o preallocation=full $DST 8M" \
+            "-f raw -o preallocation=falloc $DST 32M" "-f raw -o preallocation=bogus $DST 8M" \
+            "-f raw -o foo=bar $DST 8M" "-f raw -o extent_size_hint=1M $DST 8M" \
+            "-f raw -o size=x $DST" "-f raw -o help $DST" "-f qcow2 -o help $DST" \
+            "-f qcow2 -o nocow=on $DST 8M" "-f raw -o preallocation=full nbd+unix:///?socket=$TESTDIR/none.sock 8M" \
+            "-f raw nbd+unix:///?socket=$TESTDIR/none.sock 8M" "-f raw $RAW 1M"; do
+    same create $args
+done
+# resize keeps the export's size: the same or (inexactly) less only.
+for args in "$DST 16M" "$DST 32M" "$DST 8M" "--shrink $DST 8M" "--preallocation=full $DST 16M" \
+            "--preallocation=full $DST 32M"; do
+    same resize -f raw $args
+done
+# convert -O raw writes every byte, zeros included, over the old content.
+same convert -O raw r.raw "$DST"
+fill
+vimv convert -O raw r.raw "$DST"
+qemu-img compare -U -f raw r.raw -F raw dst.raw >out 2>&1 || { cat out >&2; fail "convert -O raw"; }
+same convert -O raw big.raw "$DST"
+same convert -O raw -o preallocation=full r.raw "$DST"
+# convert -O qcow2 formats the export: qemu-img checks and compares it.
+same convert -O qcow2 c.qcow2 "$DST"
+fill
+vimv convert -O qcow2 c.qcow2 "$DST"
+qemu-img check -U -f qcow2 dst.raw >out 2>&1 || { cat out >&2; fail "check of qcow2 on export"; }
+qemu-img compare -U -f qcow2 c.qcow2 -F qcow2 dst.raw >out 2>&1 || { cat out >&2; fail "convert -O qcow2"; }
+same info "$DST"
+same create -f qcow2 "$DST" 32M
+fill
+vimv create -f qcow2 "$DST" 32M
+qemu-img check -U -f qcow2 dst.raw >out 2>&1 || { cat out >&2; fail "check after create -f qcow2"; }
 pass
