@@ -193,9 +193,18 @@ static int
 file_fill_zeros(int fd, uint64_t from, uint64_t to, struct vimg_error *err)
 {
     size_t chunk = 1u << 20;
-    char *buf = calloc(1, chunk);
+    int fl = fcntl(fd, F_GETFL);
+    char *buf;
 
-    if (!buf)
+    /*
+     * QEMU's zero buffer is a plain 1 MiB allocation, not aligned for O_DIRECT
+     * with glibc, so its fill fails with EINVAL there: fail the same way here
+     * whatever alignment this allocator (ASan's, say) happens to give.
+     */
+    if (fl >= 0 && (fl & O_DIRECT))
+        return vimg_error_set(err, EINVAL, "Could not write zeros for preallocation: %s",
+                              strerror(EINVAL));
+    if (!(buf = calloc(1, chunk)))
         return vimg_error_set(err, ENOMEM, "Out of memory");
     while (from < to) {
         size_t len = to - from < chunk ? (size_t)(to - from) : chunk;
@@ -226,8 +235,14 @@ file_resize_fd(int fd, uint64_t old_size, uint64_t size, int mode, struct vimg_e
     }
     if (ftruncate(fd, (off_t)size) < 0)
         return vimg_error_set(err, errno, "Could not resize file: %s", strerror(errno));
-    if (size > old_size && mode == VIMG_PREALLOC_FULL)
-        return file_fill_zeros(fd, old_size, size, err);
+    if (size > old_size && mode == VIMG_PREALLOC_FULL) {
+        int ret = file_fill_zeros(fd, old_size, size, err);
+        /* As QEMU: a failed fill leaves the file as long as it was (best effort). */
+        if (ret < 0 && ftruncate(fd, (off_t)old_size) < 0) {
+            /* The fill's error is the one to report. */
+        }
+        return ret;
+    }
     return 0;
 }
 

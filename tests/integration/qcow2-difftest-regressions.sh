@@ -10,6 +10,10 @@
 #     contiguous run of host clusters per L2 table (passing over a freed
 #     cluster too small for it) and writes the part of the last cluster past
 #     the new end, so the map shows the same zero and data runs.
+#   seed 13 sequence 104, seed 21 sequences 87 and 88: `truncate -m full`
+#     under -n (O_DIRECT) fails writing the zeros; the image is left as QEMU
+#     leaves it (new refcount table, no leaked clusters, old size, the file
+#     cut back), with QEMU's "Failed to resize underlying file: " prefix.
 # Also compares `write -z -n` over subclusters of compressed, data and zero
 # clusters with extended L2 entries directly, and `create -o
 # preallocation=metadata` and `truncate -m metadata` at sizes that end inside
@@ -87,6 +91,78 @@ for opts in cluster_size=4k "" cluster_size=16k,extended_l2=on; do
         done
         expect_same "$TESTDIR/p.q.map" "$TESTDIR/p.v.map" "map after create -o $o $size"
         qemu-img check -q "$TESTDIR/p.v.qcow2" || fail "qemu-img check ($o $size)"
+    done
+done
+
+# truncate -m full failing under -n (O_DIRECT): the generated sequences ...
+for case in "13 104" "21 87" "21 88"; do
+    set -- $case
+    for set in ":none" "compat=0.10:qcow2" "cluster_size=16k,extended_l2=on:none" \
+               "cluster_size=16k,extended_l2=on:raw" "cluster_size=4k:qcow2"; do
+        opts=${set%:*} backing=${set##*:} n=$((n + 1))
+        python3 "$SRC_ROOT/tests/io-gen/difftest.py" --vimg-io "$VIMG_IO" \
+            --workdir "$TESTDIR/d$n" --format qcow2 --seed "$1" --only "$2" \
+            --create-opts "$opts" --backing "$backing" >"$TESTDIR/d$n.out" 2>&1 ||
+            { cat "$TESTDIR/d$n.out" >&2; fail "seed $1 sequence $2 ($opts, backing $backing)"; }
+        rm -rf "$TESTDIR/d$n"
+    done
+done
+
+# ... and directly: the same bytes in the image, the same message; a raw file
+# keeps its length.
+odirect=0
+for opts in "" cluster_size=16k,extended_l2=on compat=0.10; do
+    for to in 1024 1874944; do
+        for t in q v; do
+            tool=qemu-io
+            [ $t = v ] && tool=$VIMG_IO
+            qemu-img create -q -f qcow2 ${opts:+-o $opts} "$TESTDIR/n.$t.qcow2" 1000
+            qemu-io -f qcow2 -c "write -P 7 0 512" "$TESTDIR/n.$t.qcow2" >/dev/null || fail "setup"
+            "$tool" -n -f qcow2 -c "truncate -m full $to" "$TESTDIR/n.$t.qcow2" 2>&1 |
+                sed 's/^[a-z-]*io: //' >"$TESTDIR/n.$t.out"
+        done
+        expect_same "$TESTDIR/n.q.out" "$TESTDIR/n.v.out" "-n truncate -m full $to ($opts)"
+        grep -q "^Failed to resize underlying file: " "$TESTDIR/n.q.out" && odirect=$((odirect + 1))
+        cmp -s "$TESTDIR/n.q.qcow2" "$TESTDIR/n.v.qcow2" ||
+            fail "image differs from qemu-io's after -n truncate -m full $to ($opts)"
+        qemu-img check -q "$TESTDIR/n.v.qcow2" || fail "qemu-img check after -n truncate ($opts)"
+    done
+done
+if [ $odirect = 0 ]; then
+    echo "note: O_DIRECT zero writes did not fail here ($TESTDIR); failure path not exercised" >&2
+fi
+for t in q v; do
+    tool=qemu-io
+    [ $t = v ] && tool=$VIMG_IO
+    head -c 1000 /dev/zero >"$TESTDIR/n.$t.raw"
+    "$tool" -n -f raw -c "truncate -m full 1874944" "$TESTDIR/n.$t.raw" 2>/dev/null
+    stat -c %s "$TESTDIR/n.$t.raw" >"$TESTDIR/n.$t.len"
+done
+expect_same "$TESTDIR/n.q.len" "$TESTDIR/n.v.len" "raw file length after -n truncate -m full"
+
+# truncate -m falloc|full as QEMU lays it out: at the same size too (a new
+# refcount table, the last cluster moved), with extended L2 from a size inside
+# a cluster, over a backing file (compat=0.10 too: allocated clusters, no zero
+# flag needed): the same bytes as qemu-io's image.
+head -c 4096 /dev/urandom >"$TESTDIR/short.raw"
+for opts in "" cluster_size=16k,extended_l2=on compat=0.10; do
+    for bk in "" "-b bk.raw -F raw" "-b short.raw -F raw"; do
+        for sizes in "1024 1024" "16384 16384" "1024 17408" "5120 40960" "20480 3145728"; do
+            set -- $sizes
+            for t in q v; do
+                tool=qemu-io
+                [ $t = v ] && tool=$VIMG_IO
+                (cd "$TESTDIR" && qemu-img create -q -f qcow2 ${opts:+-o $opts} $bk l.$t.qcow2 $1) ||
+                    fail "qemu-img create"
+                qemu-io -f qcow2 -c "write -P 7 0 512" "$TESTDIR/l.$t.qcow2" >/dev/null || fail "setup"
+                "$tool" -f qcow2 -c "truncate -m full $2" "$TESTDIR/l.$t.qcow2" 2>&1 |
+                    sed 's/^[a-z-]*io: //' >"$TESTDIR/l.$t.out"
+            done
+            expect_same "$TESTDIR/l.q.out" "$TESTDIR/l.v.out" "truncate -m full $1 -> $2 ($opts $bk)"
+            cmp -s "$TESTDIR/l.q.qcow2" "$TESTDIR/l.v.qcow2" ||
+                fail "image differs from qemu-io's after truncate -m full $1 -> $2 ($opts $bk)"
+            qemu-img check -q "$TESTDIR/l.v.qcow2" || fail "qemu-img check ($1 -> $2, $opts $bk)"
+        done
     done
 done
 pass

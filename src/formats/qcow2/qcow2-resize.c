@@ -26,6 +26,8 @@
 
 /* What gives an L2 entry a host cluster (a preallocated growth leaves it as it is). */
 #define QCOW2_HOST_BITS     (QCOW2_OFFSET_MASK | QCOW2_OFLAG_COMPRESSED)
+/* Extended L2 bitmap word: every subcluster allocated, none zero. */
+#define QCOW2_EXT_ALL_ALLOC 0xffffffffULL
 
 static int
 qcow2_check_resize(struct vimg_node *node, uint64_t size, int prealloc, struct vimg_error *err)
@@ -295,7 +297,7 @@ out:
  */
 static int
 qcow2_prealloc_grow(struct vimg_node *node, uint64_t old_size, uint64_t size, int prealloc,
-                    const uint8_t *head, struct vimg_error *err)
+                    const uint8_t *head, bool alloc_all, struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
     uint64_t cs = s->cluster_size, first_g = old_size / cs;
@@ -308,6 +310,13 @@ qcow2_prealloc_grow(struct vimg_node *node, uint64_t old_size, uint64_t size, in
         (ret = qcow2_used_end(node, &used_end, err)) < 0 ||
         (ret = qcow2_refcount_area(node, used_end, nb_data + nb_l2, &start, err)) < 0)
         return ret;
+    /* The data slots get their counts only once the file holds them, as in QEMU. */
+    if ((ret = vimg_node_truncate(node->file, (start + nb_data) * cs, true,
+                                  prealloc == VIMG_PREALLOC_FULL ? "full" : "falloc",
+                                  err)) < 0) {
+        vimg_error_prefix(err, "Failed to resize underlying file: ");
+        return ret;
+    }
     /* Slots counted in guest order, the clusters that already have one skipped. */
     for (uint64_t g = first_g; g < first_g + nb_data; g++) {
         uint64_t run = 0, index;
@@ -328,10 +337,7 @@ qcow2_prealloc_grow(struct vimg_node *node, uint64_t old_size, uint64_t size, in
     }
     if (start + nb_data > s->alloc_end)
         s->alloc_end = start + nb_data;
-    if ((ret = qcow2_flush_metadata(node, err)) < 0 ||
-        (ret = vimg_node_truncate(node->file, (start + nb_data) * cs, true,
-                                  prealloc == VIMG_PREALLOC_FULL ? "full" : "falloc",
-                                  err)) < 0)
+    if ((ret = qcow2_flush_metadata(node, err)) < 0)
         return ret;
     for (uint64_t g = first_g; g < first_g + nb_data; g++) {
         uint64_t index = g % s->l2_entries, entry;
@@ -343,8 +349,14 @@ qcow2_prealloc_grow(struct vimg_node *node, uint64_t old_size, uint64_t size, in
             continue;
         qcow2_put_be64(l2 + index * s->l2_entry_size,
                        (start + g - first_g) * cs | QCOW2_OFLAG_COPIED);
-        if (s->has_extended_l2)
-            qcow2_put_be64(l2 + index * s->l2_entry_size + 8, 0);
+        /*
+         * Subclusters: all allocated when the backing file shows past the old
+         * end (the file holds the zeros); else none, the moved cluster keeping
+         * its bitmap.
+         */
+        if (s->has_extended_l2 && (alloc_all || !(head && g == first_g)))
+            qcow2_put_be64(l2 + index * s->l2_entry_size + 8,
+                           alloc_all ? QCOW2_EXT_ALL_ALLOC : 0);
         qcow2_cache_mark_dirty(&s->l2_cache, l2);
         if (!(head && g == first_g))
             continue;
@@ -535,7 +547,7 @@ qcow2_resize(struct vimg_node *node, uint64_t size, int prealloc, struct vimg_er
 {
     struct qcow2_state *s = node->state;
     uint64_t old_size = s->hdr.size;
-    bool must_zero = false, is_laid_out;
+    bool must_zero = false, alloc_all = false, is_laid_out;
     uint8_t *head = NULL;
     int ret;
 
@@ -543,12 +555,17 @@ qcow2_resize(struct vimg_node *node, uint64_t size, int prealloc, struct vimg_er
         return ret;
     if (size > old_size && (ret = qcow2_backing_shows(node, old_size, &must_zero, err)) < 0)
         return ret;
+    /* QEMU lays out the same size too: a new refcount table, the last cluster moved. */
+    is_laid_out = size >= old_size && !s->has_data_file && !s->crypt &&
+                  (prealloc == VIMG_PREALLOC_FALLOC || prealloc == VIMG_PREALLOC_FULL);
+    /* Laid out, the new range is in allocated clusters reading the file's zeros. */
+    if (is_laid_out) {
+        alloc_all = must_zero;
+        must_zero = false;
+    }
     if (must_zero && s->hdr.version < 3)
         return vimg_error_set(err, ENOTSUP, "Failed to zero out new clusters: Operation not "
                               "supported");
-    is_laid_out = size > old_size && !s->has_data_file && !s->crypt &&
-                  (!s->has_extended_l2 || old_size % s->cluster_size == 0) &&
-                  (prealloc == VIMG_PREALLOC_FALLOC || prealloc == VIMG_PREALLOC_FULL);
     /* The part of the last cluster in use before the old end, as the guest reads it. */
     if (is_laid_out && old_size % s->cluster_size) {
         uint64_t n = old_size % s->cluster_size;
@@ -565,8 +582,15 @@ qcow2_resize(struct vimg_node *node, uint64_t size, int prealloc, struct vimg_er
         ret = qcow2_shrink(node, size, err);
     if (ret == 0)
         ret = qcow2_set_size(node, size, err);
-    if (ret == 0 && is_laid_out)
-        ret = qcow2_prealloc_grow(node, old_size, size, prealloc, head, err);
+    if (ret == 0 && is_laid_out) {
+        ret = qcow2_prealloc_grow(node, old_size, size, prealloc, head, alloc_all, err);
+        /* A failed growth leaves the guest size as it was (QEMU writes it last). */
+        if (ret < 0 && s->hdr.size != old_size) {
+            struct vimg_error e = { 0 };
+            qcow2_set_size(node, old_size, &e);
+            vimg_error_clear(&e);
+        }
+    }
     if (ret == 0 && size > old_size && !s->has_data_file && prealloc == VIMG_PREALLOC_METADATA)
         ret = qcow2_prealloc_metadata_grow(node, old_size, size, err);
     pthread_mutex_unlock(&s->lock);
