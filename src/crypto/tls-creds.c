@@ -205,9 +205,8 @@ tls_check_ca(gnutls_x509_crt_t crt, const char *path, struct vimg_error *err)
     return 0;
 }
 
-/* A verification status in the words QEMU uses for it. */
-static const char *
-tls_status_reason(unsigned status)
+const char *
+vimg_tls_status_reason(unsigned status)
 {
     const char *why = "Invalid certificate";
 
@@ -235,7 +234,7 @@ tls_check_chain(gnutls_x509_crt_t crt, const struct tls_certs *cas, const char *
                               path, ca_path, gnutls_strerror(g));
     if (status)
         return vimg_error_set(err, EACCES, "Our own certificate %s failed validation "
-                              "against %s: %s", path, ca_path, tls_status_reason(status));
+                              "against %s: %s", path, ca_path, vimg_tls_status_reason(status));
     return 0;
 }
 

@@ -14,4 +14,7 @@ int vimg_authz_add(struct vimg_opts *o, const char *type, const char *id,
                    struct vimg_error *err);
 void vimg_authz_clear(void);
 
+/* A GnuTLS verification status (gnutls_certificate_status_t bits) in QEMU's words. */
+const char *vimg_tls_status_reason(unsigned status);
+
 #endif

@@ -25,6 +25,7 @@
 #include "config.h"
 #include "nbd/internal.h"
 #include "nbd/libnbd-client.h"
+#include "crypto/tls-creds.h"
 
 #ifdef VIMG_HAVE_GNUTLS
 #include <gnutls/gnutls.h>
@@ -139,19 +140,9 @@ relay_handshake(struct vimg_nbd_relay *r, const struct vimg_tls_creds *c, struct
 static int
 relay_check_status(unsigned status, struct vimg_error *err)
 {
-    const char *why = "Invalid certificate";
-
     if (status == 0)
         return 0;
-    if (status & GNUTLS_CERT_INVALID)
-        why = "The certificate is not trusted";
-    if (status & GNUTLS_CERT_SIGNER_NOT_FOUND)
-        why = "The certificate hasn't got a known issuer";
-    if (status & GNUTLS_CERT_REVOKED)
-        why = "The certificate has been revoked";
-    if (status & GNUTLS_CERT_INSECURE_ALGORITHM)
-        why = "The certificate uses an insecure algorithm";
-    return vimg_error_set(err, EACCES, "%s", why);
+    return vimg_error_set(err, EACCES, "%s", vimg_tls_status_reason(status));
 }
 
 static int

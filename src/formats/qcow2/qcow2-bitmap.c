@@ -248,10 +248,11 @@ qcow2_read_bitmap_table(struct vimg_node *node, const struct qcow2_bitmap *bm,
     return ret;
 }
 
-/* Queues the table and data clusters of bm to be freed. */
+/* Queues bm's table in x and its data clusters in xd (freed, then discarded). */
 static int
-qcow2_drop_bitmap_clusters(struct vimg_node *node, const struct qcow2_bitmap *bm,
-                           struct qcow2_extents *x, struct vimg_error *err)
+qcow2_drop_bitmap_data(struct vimg_node *node, const struct qcow2_bitmap *bm,
+                       struct qcow2_extents *x, struct qcow2_extents *xd,
+                       struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
     uint64_t *table;
@@ -263,13 +264,21 @@ qcow2_drop_bitmap_clusters(struct vimg_node *node, const struct qcow2_bitmap *bm
         return ret;
     for (uint32_t i = 0; ret == 0 && i < bm->bitmap_table_size; i++)
         if (table[i] & QCOW2_OFFSET_MASK)
-            ret = qcow2_extents_add(x, table[i] & QCOW2_OFFSET_MASK, s->cluster_size, err);
+            ret = qcow2_extents_add(xd, table[i] & QCOW2_OFFSET_MASK, s->cluster_size, err);
     free(table);
     if (ret < 0)
         return ret;
     return qcow2_extents_add(x, bm->bitmap_table_offset,
                              qcow2_align_up((uint64_t)bm->bitmap_table_size * 8,
                                             s->cluster_size), err);
+}
+
+/* Queues the table and data clusters of bm to be freed. */
+static int
+qcow2_drop_bitmap_clusters(struct vimg_node *node, const struct qcow2_bitmap *bm,
+                           struct qcow2_extents *x, struct vimg_error *err)
+{
+    return qcow2_drop_bitmap_data(node, bm, x, x, err);
 }
 
 /* The bitmap's data (qcow2_bitmap_bytes long, malloc'd). */
@@ -892,31 +901,6 @@ qcow2_track_arm(struct vimg_node *node, struct vimg_error *err)
     }
     s->bitmap_track = t;
     return 0;
-}
-
-/* Queues bm's table in x and its data clusters in xd (freed, then discarded). */
-static int
-qcow2_drop_bitmap_data(struct vimg_node *node, const struct qcow2_bitmap *bm,
-                       struct qcow2_extents *x, struct qcow2_extents *xd,
-                       struct vimg_error *err)
-{
-    struct qcow2_state *s = node->state;
-    uint64_t *table;
-    int ret;
-
-    if (bm->bitmap_table_offset == 0)
-        return 0;
-    if ((ret = qcow2_read_bitmap_table(node, bm, &table, err)) < 0)
-        return ret;
-    for (uint32_t i = 0; ret == 0 && i < bm->bitmap_table_size; i++)
-        if (table[i] & QCOW2_OFFSET_MASK)
-            ret = qcow2_extents_add(xd, table[i] & QCOW2_OFFSET_MASK, s->cluster_size, err);
-    free(table);
-    if (ret < 0)
-        return ret;
-    return qcow2_extents_add(x, bm->bitmap_table_offset,
-                             qcow2_align_up((uint64_t)bm->bitmap_table_size * 8,
-                                            s->cluster_size), err);
 }
 
 /* Frees the extents of x and discards in the file the clusters left unused. */
