@@ -9,7 +9,9 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -203,6 +205,7 @@ vimg_posix_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
 {
     struct vimg_posix_state *s = node->state;
     int aio = 0, oflags, ret;
+    struct statfs fs;
     struct stat st;
 
     s->fd = -1;
@@ -227,6 +230,9 @@ vimg_posix_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
     }
     if (flags & VIMG_OPEN_NOCACHE)
         probe_alignment(node, s->fd);
+    /* O_DIRECT allocates as it writes: no delayed allocation to save. */
+    s->no_reserve = is_device || (flags & VIMG_OPEN_NOCACHE) || !(flags & VIMG_OPEN_RDWR) ||
+                    fstatfs(s->fd, &fs) < 0 || fs.f_type != EXT4_SUPER_MAGIC;
     if (aio == 2)
         s->uring = uring_new();
     s->use_ofd = vimg_lock_ofd_available(s->fd);
@@ -287,6 +293,31 @@ iov_advance(struct iovec **iov, int *n_iov, size_t n)
     }
 }
 
+/*
+ * Large buffered writes to a regular file reserve their blocks first with
+ * fallocate(): ext4's delayed allocation otherwise reserves, looks up and
+ * records every 4 KiB block of the write one by one, which is about a third
+ * of the kernel time of a convert (measured on Linux 6.18: 1 GiB in 1 MiB
+ * writes took 0.27 s, 0.17 s with the range allocated first). The blocks are
+ * the ones the write allocates anyway, so the file holds the same blocks.
+ * The price: ext4 places separately fallocate'd ranges less contiguously than
+ * one writeback does (a 2 GiB convert with 1024 data runs: 111 extents
+ * against 34; a 256 MiB full one: 5 against 3), so a fragmented file can need
+ * an extent tree block more. Only on ext4, where it was measured; where
+ * fallocate fails as unsupported it is not tried again.
+ */
+#define RESERVE_MIN_BYTES (256 * 1024)
+
+static void
+reserve_blocks(struct vimg_posix_state *s, uint64_t offset, uint64_t bytes)
+{
+    if (s->no_reserve || bytes < RESERVE_MIN_BYTES)
+        return;
+    if (fallocate(s->fd, 0, (off_t)offset, (off_t)bytes) < 0 &&
+        (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL))
+        s->no_reserve = true;
+}
+
 static int
 posix_rw(struct vimg_node *node, bool is_write, uint64_t offset, uint64_t bytes,
          const struct iovec *iov, int n_iov, struct vimg_error *err)
@@ -298,6 +329,8 @@ posix_rw(struct vimg_node *node, bool is_write, uint64_t offset, uint64_t bytes,
 
     if (!copy)
         return vimg_error_set(err, ENOMEM, "Out of memory");
+    if (is_write)
+        reserve_blocks(s, offset, bytes);
     memcpy(copy, iov, sizeof(*copy) * (size_t)n_iov);
     while (bytes > 0 && n_cur > 0) {
         ssize_t n = do_rw(s, is_write, cur, n_cur > IOV_MAX ? IOV_MAX : n_cur, offset);

@@ -20,6 +20,7 @@ struct vimg_posix_state {
     bool has_lock;                  /* lock bytes may be held: release on close */
     bool no_discard;                /* discard found unsupported: skip it from now on */
     bool no_zero_range;             /* FALLOC_FL_ZERO_RANGE found unsupported */
+    bool no_reserve;                /* no fallocate before large writes (not ext4, ...) */
     struct posix_uring *uring;      /* NULL: plain preadv/pwritev from the calling thread */
 };
 
