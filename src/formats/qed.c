@@ -321,6 +321,36 @@ qed_length(struct vimg_node *node, struct vimg_error *err)
                      QED_SECTOR_SIZE);
 }
 
+/* Growing only, without preallocation: QEMU's checks, in its order and words. */
+static int
+qed_truncate(struct vimg_node *node, uint64_t size, bool is_exact, int prealloc,
+             struct vimg_error *err)
+{
+    struct qed_state *s = node->state;
+    uint64_t old;
+    int ret;
+
+    (void)is_exact;
+    if (prealloc != VIMG_PREALLOC_OFF)
+        return vimg_error_set(err, ENOTSUP, "Unsupported preallocation mode '%s'",
+                              vimg_prealloc_name(prealloc));
+    if (size % QED_SECTOR_SIZE || size > qed_max_image_size(s->h.cluster_size, s->h.table_size))
+        return vimg_error_set(err, EINVAL, "Invalid image size specified");
+    pthread_mutex_lock(&s->lock);
+    if (size < s->h.image_size) {
+        pthread_mutex_unlock(&s->lock);
+        return vimg_error_set(err, ENOTSUP, "Shrinking images is currently not supported");
+    }
+    old = s->h.image_size;
+    s->h.image_size = size;
+    if ((ret = qed_write_header(node, err)) < 0) {
+        s->h.image_size = old;
+        vimg_error_prefix(err, "Failed to update the image size: ");
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
 static int
 qed_read_entry(struct vimg_node *node, uint64_t table, uint64_t index, uint64_t *out,
                struct vimg_error *err)
@@ -1056,4 +1086,5 @@ const struct vimg_driver vimg_qed_driver = {
     .block_status = qed_block_status,
     .check = qed_check,
     .length = qed_length,
+    .truncate = qed_truncate,
 };

@@ -256,6 +256,8 @@ file_truncate(struct vimg_node *node, uint64_t size, bool is_exact, int mode,
 
     if (len < 0)
         return (int)len;
+    if (mode != VIMG_PREALLOC_OFF && size < (uint64_t)len)
+        return vimg_error_set(err, ENOTSUP, "Cannot use preallocation for shrinking files");
     if (mode == VIMG_PREALLOC_METADATA)
         return vimg_error_set(err, ENOTSUP, "Unsupported preallocation mode: metadata");
     /* Growing only when !is_exact: a format may leave its file longer. */

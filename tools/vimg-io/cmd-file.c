@@ -666,10 +666,6 @@ io_cmd_truncate(struct io_state *s, int argc, char **argv)
         io_print_cvtnum_err(c, argv[1]);
         return -1;
     }
-    if (strcmp(prealloc, "off") != 0 && offset < vimg_node_length(s->node, &err)) {
-        tool_error("Cannot use preallocation for shrinking files");
-        return -1;
-    }
     if (vimg_node_truncate(s->node, (uint64_t)offset, true, prealloc, &err) < 0) {
         tool_error("%s", err.msg);
         return -1;

@@ -176,7 +176,7 @@ qcow2_set_size(struct vimg_node *node, uint64_t size, struct vimg_error *err)
     int ret;
 
     if ((ret = qcow2_grow_l1(node, size / cover + (size % cover ? 1 : 0), err)) < 0)
-        return ret;
+        return vimg_error_set(err, -ret, "Failed to grow the L1 table: %s", strerror(-ret));
     qcow2_put_be64(buf, size);
     if ((ret = qcow2_write_header_field(node, QCOW2_OFF_SIZE, buf, 8, err)) < 0)
         return ret;
