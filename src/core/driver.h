@@ -6,6 +6,7 @@
 #define VIMG_CORE_DRIVER_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -192,6 +193,9 @@ struct vimg_node {
                                        for this image alone; info omits "dirty-flag" */
     bool is_encrypted;              /* formats: data is encrypted ("encrypted" in info) */
     bool needs_compressed_writes;   /* formats: writes must be whole compressed clusters */
+    _Atomic bool is_unusable;       /* formats: made unusable by the driver after a fatal
+                                       corruption event (QEMU's drv = NULL): every
+                                       request fails with ENOMEDIUM */
 };
 
 /* Calls that drivers make on their children and themselves (core/node.c). */

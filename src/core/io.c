@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "core/driver.h"
@@ -25,9 +26,22 @@ unsupported(struct vimg_node *node, const char *what, struct vimg_error *err)
  * a driver may read or write its children past their end (reads there
  * return zeros, writes grow the file).
  */
+/* After a fatal corruption event nothing reaches the driver, as in QEMU. */
+static int
+check_usable(struct vimg_node *node, struct vimg_error *err)
+{
+    if (atomic_load(&node->is_unusable))
+        return vimg_error_set(err, ENOMEDIUM, "%s", strerror(ENOMEDIUM));
+    return 0;
+}
+
 static int
 check_range(struct vimg_node *node, uint64_t offset, uint64_t bytes, struct vimg_error *err)
 {
+    int ret;
+
+    if ((ret = check_usable(node, err)) < 0)
+        return ret;
     if (offset > MAX_REQUEST_BYTES || bytes > MAX_REQUEST_BYTES)
         return vimg_error_set(err, EIO, "Input/output error");
     if (!node->is_root)
@@ -358,6 +372,10 @@ vimg_node_pread(struct vimg_node *node, uint64_t offset, void *buf, uint64_t byt
 static int
 check_writable(struct vimg_node *node, struct vimg_error *err)
 {
+    int ret;
+
+    if ((ret = check_usable(node, err)) < 0)
+        return ret;
     if (node->is_read_only)
         return vimg_error_set(err, EACCES, "Permission denied");
     return 0;
@@ -496,6 +514,8 @@ vimg_node_flush(struct vimg_node *node, struct vimg_error *err)
 
     if (!node)
         return 0;
+    if (atomic_load(&node->is_unusable))
+        return 0;       /* QEMU's flush of a node without a driver succeeds */
     if (node->drv->flush && !(node->open_flags & VIMG_OPEN_NO_FLUSH))
         ret = node->drv->flush(node, err);
     if (ret == 0 && node->drv->kind == VIMG_DRIVER_FORMAT) {
@@ -580,6 +600,8 @@ vimg_node_block_status(struct vimg_node *node, uint64_t offset, uint64_t bytes,
     if (len < 0)
         return (int)len;
     memset(bs, 0, sizeof(*bs));
+    if ((ret = check_usable(node, err)) < 0)
+        return ret;
     if (offset >= (uint64_t)len)
         return vimg_error_set(err, EINVAL, "Offset past the end of the image");
     if (bytes > (uint64_t)len - offset)
@@ -616,12 +638,17 @@ vimg_node_block_status(struct vimg_node *node, uint64_t offset, uint64_t bytes,
     } else if ((bs->flags & VIMG_BS_RECURSE) && (bs->flags & VIMG_BS_OFFSET_VALID) &&
                (bs->flags & VIMG_BS_DATA) &&
                !(bs->flags & VIMG_BS_ZERO) && bs->file && bs->file != node) {
-        /* Data the driver marks may still be a hole in the file below (preallocation). */
+        /*
+         * Data the driver marks may still be a hole in the file below
+         * (preallocation): the answer covers as much as the file's does, as in
+         * QEMU. Errors there only lose the extra information.
+         */
         struct vimg_block_status below;
-        if (vimg_node_block_status(bs->file, bs->offset, bs->bytes, &below, err) == 0 &&
-            (below.flags & VIMG_BS_ZERO) && !(below.flags & VIMG_BS_DATA)) {
-            bs->flags |= VIMG_BS_ZERO;
-            bs->bytes = below.bytes;
+        if (vimg_node_block_status(bs->file, bs->offset, bs->bytes, &below, err) == 0) {
+            if ((below.flags & VIMG_BS_ZERO) && !(below.flags & VIMG_BS_DATA))
+                bs->flags |= VIMG_BS_ZERO;
+            if (below.bytes < bs->bytes)
+                bs->bytes = below.bytes;
         }
     }
     return 0;

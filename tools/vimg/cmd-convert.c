@@ -693,7 +693,7 @@ plan_query(struct convert *c, struct planner *p, char **failure)
         /* Copy the sector as data; reading it will tell whether it is readable. */
         pthread_mutex_lock(&c->lock);
         tool_error("warning: error while reading block status at offset %" PRIu64 ": %s",
-                   p->src_offset, err.msg);
+                   p->src_offset, strerror(err.errnum));
         pthread_mutex_unlock(&c->lock);
         p->status = CHUNK_DATA;
         p->status_end = p->src_offset + (src->size - p->src_offset < SECTOR_SIZE
@@ -702,7 +702,7 @@ plan_query(struct convert *c, struct planner *p, char **failure)
     }
     if (ret < 0) {
         if (asprintf(failure, "error while reading block status at offset %" PRIu64 ": %s",
-                     p->src_offset, err.msg) < 0)
+                     p->src_offset, strerror(err.errnum)) < 0)
             *failure = NULL;
         return ret;
     }

@@ -480,17 +480,7 @@ qcow2_check_snapshots(struct qcow2_check_ctx *c, struct vimg_error *err)
 static int
 qcow2_check_set_corrupt(struct qcow2_check_ctx *c, struct vimg_error *err)
 {
-    struct qcow2_state *s = c->s;
-    uint8_t buf[8];
-    int ret;
-
-    s->hdr.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
-    s->is_corrupt = true;
-    qcow2_put_be64(buf, s->hdr.incompatible_features);
-    if ((ret = qcow2_write_header_field(c->node, QCOW2_OFF_INCOMPATIBLE_FEATURES, buf, 8,
-                                        err)) < 0)
-        return ret;
-    return vimg_node_flush(c->node->file, err);
+    return qcow2_mark_corrupt(c->node, err);
 }
 
 /* A write onto metadata refused, as QEMU refuses it: the first one is reported. */

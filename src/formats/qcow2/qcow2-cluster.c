@@ -123,6 +123,12 @@ qcow2_get_l2(struct vimg_node *node, uint64_t offset, bool alloc, uint8_t **l2,
                               " entries)", index, s->l1_size);
     }
     entry = s->l1[index];
+    if ((entry & QCOW2_OFFSET_MASK) % s->cluster_size) {
+        qcow2_signal_corruption(node, true, "L2 table offset %#" PRIx64 " unaligned (L1 index: "
+                                "%#" PRIx64 ")", entry & QCOW2_OFFSET_MASK, index);
+        return vimg_error_set(err, EIO, "L2 table offset %#" PRIx64 " unaligned (L1 index: "
+                              "%#" PRIx64 ")", entry & QCOW2_OFFSET_MASK, index);
+    }
     if (alloc && (!(entry & QCOW2_OFFSET_MASK) || !(entry & QCOW2_OFLAG_COPIED)))
         return qcow2_alloc_l2(node, index, l2, err);
     if (!(entry & QCOW2_OFFSET_MASK))
@@ -149,35 +155,48 @@ qcow2_entry_has_host(const struct qcow2_state *s, uint64_t entry)
     return (entry & QCOW2_OFFSET_MASK) || (s->has_data_file && (entry & QCOW2_OFLAG_COPIED));
 }
 
+/*
+ * What (sub)cluster sc of an L2 entry is. An invalid entry is a corruption
+ * event as in QEMU (l2_offset and index name it in the report).
+ */
 static int
-qcow2_classify(const struct qcow2_state *s, uint64_t entry, uint64_t bitmap, uint32_t sc,
-               enum qcow2_kind *kind, struct vimg_error *err)
+qcow2_classify(struct vimg_node *node, uint64_t l2_offset, uint64_t index, uint64_t entry,
+               uint64_t bitmap, uint32_t sc, enum qcow2_kind *kind, struct vimg_error *err)
 {
+    const struct qcow2_state *s = node->state;
+    const char *what = NULL;
+
     if (entry & QCOW2_OFLAG_COMPRESSED) {
         if (s->has_data_file)
-            return vimg_error_set(err, EIO, "Compressed cluster in an image with an external "
-                                  "data file");
-        *kind = QCOW2_COMPRESSED;
-        return 0;
-    }
-    if (s->has_extended_l2) {
+            what = "Compressed cluster entry found in image with external data file";
+        else
+            *kind = QCOW2_COMPRESSED;
+    } else if (s->has_extended_l2) {
         bool is_alloc = bitmap & (UINT64_C(1) << sc);
         bool is_zero = bitmap & (UINT64_C(1) << (sc + 32));
-        if (is_alloc && is_zero)
-            return vimg_error_set(err, EIO, "Subcluster %" PRIu32 " is both allocated and "
-                                  "zero (L2 bitmap 0x%" PRIx64 ")", sc, bitmap);
-        if (is_alloc && !qcow2_entry_has_host(s, entry))
-            return vimg_error_set(err, EIO, "Subcluster %" PRIu32 " is allocated without a "
-                                  "host cluster", sc);
-        *kind = is_alloc ? QCOW2_NORMAL : is_zero ? QCOW2_ZERO : QCOW2_UNALLOCATED;
+        if ((is_alloc && is_zero) || (is_alloc && !qcow2_entry_has_host(s, entry)))
+            what = "Invalid cluster entry found ";
+        else
+            *kind = is_alloc ? QCOW2_NORMAL : is_zero ? QCOW2_ZERO : QCOW2_UNALLOCATED;
     } else if (s->hdr.version >= 3 && (entry & QCOW2_OFLAG_ZERO)) {
         *kind = QCOW2_ZERO;
     } else {
         *kind = qcow2_entry_has_host(s, entry) ? QCOW2_NORMAL : QCOW2_UNALLOCATED;
     }
-    if (*kind == QCOW2_NORMAL && (entry & QCOW2_OFFSET_MASK) % s->cluster_size)
-        return vimg_error_set(err, EIO, "Cluster allocation offset 0x%" PRIx64 " unaligned",
-                              entry & QCOW2_OFFSET_MASK);
+    if (what) {
+        qcow2_signal_corruption(node, true, "%s (L2 offset: %#" PRIx64 ", L2 index: %#" PRIx64
+                                ")", what, l2_offset, index);
+        return vimg_error_set(err, EIO, "%s (L2 offset: %#" PRIx64 ", L2 index: %#" PRIx64 ")",
+                              what, l2_offset, index);
+    }
+    if (*kind == QCOW2_NORMAL && (entry & QCOW2_OFFSET_MASK) % s->cluster_size) {
+        qcow2_signal_corruption(node, true, "Cluster allocation offset %#" PRIx64 " unaligned "
+                                "(L2 offset: %#" PRIx64 ", L2 index: %#" PRIx64 ")",
+                                entry & QCOW2_OFFSET_MASK, l2_offset, index);
+        return vimg_error_set(err, EIO, "Cluster allocation offset %#" PRIx64 " unaligned "
+                              "(L2 offset: %#" PRIx64 ", L2 index: %#" PRIx64 ")",
+                              entry & QCOW2_OFFSET_MASK, l2_offset, index);
+    }
     return 0;
 }
 
@@ -208,19 +227,27 @@ qcow2_get_mapping(struct vimg_node *node, uint64_t offset, uint64_t bytes,
         uint64_t bitmap = qcow2_l2_bitmap(s, l2, index);
         uint32_t sc = (uint32_t)((pos % s->cluster_size) / s->subcluster_size);
         uint64_t host = (entry & QCOW2_OFFSET_MASK) + pos % s->cluster_size;
-        enum qcow2_kind kind;
-        if ((ret = qcow2_classify(s, entry, bitmap, sc, &kind, err)) < 0)
+        enum qcow2_kind kind = QCOW2_UNALLOCATED;
+        bool has_host;
+        if ((ret = qcow2_classify(node, s->l1[offset / cover] & QCOW2_OFFSET_MASK, index, entry,
+                                  bitmap, sc, &kind, err)) < 0)
             return ret;
+        has_host = kind == QCOW2_NORMAL ||
+                   (kind != QCOW2_COMPRESSED &&
+                    (s->has_extended_l2 ? qcow2_entry_has_host(s, entry)
+                                        : kind == QCOW2_ZERO && (entry & QCOW2_OFFSET_MASK)));
         if (run == 0) {
             m->kind = kind;
             m->l2_entry = entry;
             m->l2_bitmap = bitmap;
             m->host_offset = host;
+            m->has_host = has_host;
             if (kind == QCOW2_COMPRESSED) {
                 run = s->cluster_size - pos % s->cluster_size;
                 break;
             }
-        } else if (kind != m->kind || (kind == QCOW2_NORMAL && host != m->host_offset + run)) {
+        } else if (kind != m->kind || has_host != m->has_host ||
+                   (has_host && host != m->host_offset + run)) {
             break;
         }
         run += s->subcluster_size - pos % s->subcluster_size;

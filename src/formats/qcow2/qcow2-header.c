@@ -6,6 +6,8 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,6 +126,56 @@ qcow2_write_header_field(struct vimg_node *node, uint32_t off, const void *buf, 
                          struct vimg_error *err)
 {
     return qcow2_pwrite_file(node->file, off, buf, len, err);
+}
+
+/* Sets the corrupt bit in the header and syncs it, as QEMU's qcow2_mark_corrupt. */
+int
+qcow2_mark_corrupt(struct vimg_node *node, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint8_t buf[8];
+    int ret;
+
+    s->hdr.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
+    s->is_corrupt = true;
+    qcow2_put_be64(buf, s->hdr.incompatible_features);
+    if ((ret = qcow2_write_header_field(node, QCOW2_OFF_INCOMPATIBLE_FEATURES, buf, 8,
+                                        err)) < 0)
+        return ret;
+    return vimg_node_flush(node->file, err);
+}
+
+/*
+ * A corruption event as QEMU reports one: said once (a fatal one after a
+ * non-fatal one is said again). A fatal one on a writable image marks the
+ * image corrupt and makes the node unusable, so that nothing more is written
+ * through metadata found broken; on a read-only image every event is
+ * non-fatal.
+ */
+void
+qcow2_signal_corruption(struct vimg_node *node, bool fatal, const char *fmt, ...)
+{
+    struct qcow2_state *s = node->state;
+    char msg[VIMG_ERROR_MSG_MAX];
+    va_list ap;
+
+    fatal = fatal && !node->is_read_only;
+    if (s->has_signalled_corruption && (!fatal || s->is_corrupt))
+        return;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (fatal)
+        vimg_warn("qcow2: Marking image as corrupt: %s; further corruption events will be "
+                  "suppressed", msg);
+    else
+        vimg_warn("qcow2: Image is corrupt: %s; further non-fatal corruption events will be "
+                  "suppressed", msg);
+    if (fatal) {
+        (void)qcow2_mark_corrupt(node, &(struct vimg_error){ 0 });
+        atomic_store(&node->is_unusable, true);
+    }
+    s->has_signalled_corruption = true;
 }
 
 static int

@@ -97,6 +97,36 @@ qcow2_get_refcount(struct vimg_node *node, uint64_t cluster_index, uint64_t *ref
     return 0;
 }
 
+/*
+ * Whether the image looks preallocated with preallocation=metadata, as QEMU
+ * decides it: at least max(10/9 of, 2 more than) the clusters the file has
+ * storage for are in use. Only then can a data cluster be a hole in the file,
+ * so only then does block status ask the file (a cost of two lseeks per run).
+ * Any failure counts as "no".
+ */
+bool
+qcow2_detect_metadata_prealloc(struct vimg_node *node)
+{
+    struct qcow2_state *s = node->state;
+    struct vimg_error ignored = { 0 };
+    int64_t len = vimg_node_length(node->file, &ignored);
+    int64_t allocated = vimg_node_allocated_size(node->file, &ignored);
+    uint64_t real, threshold, hits = 0, end;
+
+    if (len < 0 || allocated < 0)
+        return false;
+    real = (uint64_t)allocated / s->cluster_size;
+    threshold = real * 10 / 9 > real + 2 ? real * 10 / 9 : real + 2;
+    end = ((uint64_t)len + s->cluster_size - 1) / s->cluster_size;
+    for (uint64_t i = 0; i < end && hits < threshold; i++) {
+        uint64_t rc;
+        if (qcow2_get_refcount(node, i, &rc, &ignored) < 0)
+            return false;
+        hits += rc > 0;
+    }
+    return hits >= threshold;
+}
+
 /* First run of n clusters with refcount 0, from free_cluster_index on. */
 static int
 qcow2_find_free(struct vimg_node *node, uint64_t n, uint64_t *first, struct vimg_error *err)

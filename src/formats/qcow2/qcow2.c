@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -320,10 +321,12 @@ static void
 qcow2_close(struct vimg_node *node)
 {
     struct qcow2_state *s = node->state;
+    /* Made unusable by a corruption event: nothing more is written, as in QEMU. */
+    bool is_writing = !node->is_read_only && !atomic_load(&node->is_unusable);
 
-    if (!node->is_read_only)
+    if (is_writing)
         qcow2_bitmaps_store(node, NULL);
-    if (!node->is_read_only && qcow2_flush_metadata(node, NULL) == 0 &&
+    if (is_writing && qcow2_flush_metadata(node, NULL) == 0 &&
         (s->hdr.incompatible_features & QCOW2_INCOMPAT_DIRTY))
         qcow2_mark_clean_on_close(node);
     qcow2_free_state(s);
@@ -421,6 +424,10 @@ qcow2_block_status(struct vimg_node *node, uint64_t offset, uint64_t bytes,
     int ret;
 
     pthread_mutex_lock(&s->lock);
+    if (!s->is_prealloc_checked) {
+        s->is_metadata_prealloc = qcow2_detect_metadata_prealloc(node);
+        s->is_prealloc_checked = true;
+    }
     ret = qcow2_get_mapping(node, offset, bytes, &m, err);
     pthread_mutex_unlock(&s->lock);
     if (ret < 0)
@@ -429,13 +436,13 @@ qcow2_block_status(struct vimg_node *node, uint64_t offset, uint64_t bytes,
     bs->bytes = m.bytes;
     switch (m.kind) {
     case QCOW2_UNALLOCATED:
-        break;
     case QCOW2_ZERO:
-        bs->flags = VIMG_BS_ALLOCATED | VIMG_BS_ZERO;
-        if (!s->has_extended_l2 && (m.l2_entry & QCOW2_OFFSET_MASK) &&
-            (m.l2_entry & QCOW2_OFLAG_COPIED) && !s->crypt) {
+        /* As QEMU: a zeroed or unallocated (sub)cluster that keeps its host cluster shows it. */
+        if (m.kind == QCOW2_ZERO)
+            bs->flags = VIMG_BS_ALLOCATED | VIMG_BS_ZERO;
+        if (m.has_host && !s->crypt) {
             bs->flags |= VIMG_BS_OFFSET_VALID;
-            bs->offset = (m.l2_entry & QCOW2_OFFSET_MASK) + offset % s->cluster_size;
+            bs->offset = m.host_offset;
             bs->file = qcow2_data_node(node);
         }
         break;
@@ -449,7 +456,9 @@ qcow2_block_status(struct vimg_node *node, uint64_t offset, uint64_t bytes,
             break;
         }
         /* Preallocated metadata can point at holes: let the core ask the file. */
-        bs->flags = VIMG_BS_ALLOCATED | VIMG_BS_DATA | VIMG_BS_OFFSET_VALID | VIMG_BS_RECURSE;
+        bs->flags = VIMG_BS_ALLOCATED | VIMG_BS_DATA | VIMG_BS_OFFSET_VALID;
+        if (s->is_metadata_prealloc)
+            bs->flags |= VIMG_BS_RECURSE;
         bs->offset = m.host_offset;
         bs->file = qcow2_data_node(node);
         break;

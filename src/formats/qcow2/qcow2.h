@@ -119,7 +119,9 @@ enum qcow2_kind {
 struct qcow2_mapping {
     enum qcow2_kind kind;
     uint64_t bytes;         /* run length from the asked offset, same kind, contiguous host */
-    uint64_t host_offset;   /* NORMAL: host offset of the asked byte */
+    uint64_t host_offset;   /* if has_host: host offset of the asked byte */
+    bool has_host;          /* NORMAL, or ZERO/UNALLOCATED keeping a host cluster (QEMU's
+                               ZERO_ALLOC, UNALLOCATED_ALLOC) */
     uint64_t l2_entry;      /* first 64 bits of the entry of the asked cluster */
     uint64_t l2_bitmap;     /* extended L2 bitmap of that entry (0 without) */
 };
@@ -155,6 +157,9 @@ struct qcow2_state {
     bool has_data_file;             /* incompatible bit 2 */
     bool is_data_file_raw;          /* autoclear bit 1 */
     bool is_corrupt;
+    bool has_signalled_corruption;  /* a corruption event was reported (said once) */
+    bool is_prealloc_checked;       /* is_metadata_prealloc is known (block status asked once) */
+    bool is_metadata_prealloc;      /* data clusters may be file holes: ask the file */
     bool is_dirty;                  /* as opened */
     bool is_check_open;             /* opened by check: damaged refcounts are its to report */
     bool has_bitmaps_ext;
@@ -239,6 +244,9 @@ void qcow2_encode_header(const struct qcow2_header *h, uint8_t *buf);
 int qcow2_read_header(struct vimg_node *node, struct qcow2_state *s, struct vimg_error *err);
 void qcow2_free_header(struct qcow2_state *s);
 /* Rewrites len bytes of the header at off from buf (one field or a run of them). */
+int qcow2_mark_corrupt(struct vimg_node *node, struct vimg_error *err);
+void qcow2_signal_corruption(struct vimg_node *node, bool fatal, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 int qcow2_write_header_field(struct vimg_node *node, uint32_t off, const void *buf,
                              size_t len, struct vimg_error *err);
 /* Writes to file (image or data file), growing it first when the write ends past its end. */
@@ -264,6 +272,7 @@ int qcow2_flush_metadata(struct vimg_node *node, struct vimg_error *err);
 
 /* qcow2-refcount.c: callers hold s->lock. */
 int qcow2_load_refcount_table(struct vimg_node *node, struct vimg_error *err);
+bool qcow2_detect_metadata_prealloc(struct vimg_node *node);
 int qcow2_get_refcount(struct vimg_node *node, uint64_t cluster_index, uint64_t *refcount,
                        struct vimg_error *err);
 /* Adds delta (+1 or -1) to the refcount of every cluster of [offset, +bytes). */
