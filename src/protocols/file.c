@@ -29,6 +29,10 @@ struct file_state {
        a failed write or resize, or a copy into the file). Growth by other
        processes goes unseen, as in QEMU. */
     _Atomic int64_t length;
+    /* Where the last SEEK_DATA from inside a hole found data, or -1: block status
+       asks next from there, and need not seek to it again. Dropped by anything
+       that can make a hole (discard, zero write, truncate). */
+    _Atomic int64_t next_data;
 };
 
 /* After a write that ended at end: the file is at least that long. */
@@ -50,6 +54,7 @@ file_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
     /* A filename string's "file:" prefix was dropped by the core; as an option it is part
      * of the name, as in QEMU. */
     atomic_store(&((struct file_state *)node->state)->length, -1);
+    atomic_store(&((struct file_state *)node->state)->next_data, -1);
     return vimg_posix_open(node, opts, flags, false, err);
 }
 
@@ -108,6 +113,7 @@ file_pwrite_zeroes(struct vimg_node *node, uint64_t offset, uint64_t bytes, unsi
 
     if (len < 0)
         return (int)len;
+    atomic_store(&((struct file_state *)node->state)->next_data, -1);
     /* A punched hole reads as zeros and frees the space. */
     if ((flags & VIMG_REQ_MAY_UNMAP) && !s->no_discard) {
         ret = file_fallocate(node, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, bytes,
@@ -132,6 +138,7 @@ file_discard(struct vimg_node *node, uint64_t offset, uint64_t bytes, struct vim
 
     if (s->no_discard)
         return 0;
+    atomic_store(&((struct file_state *)node->state)->next_data, -1);
     ret = file_fallocate(node, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, bytes, err);
     if (ret == -ENOTSUP) {
         s->no_discard = true;
@@ -145,6 +152,7 @@ file_block_status(struct vimg_node *node, uint64_t offset, uint64_t bytes,
                   struct vimg_block_status *bs, struct vimg_error *err)
 {
     struct vimg_posix_state *s = node->state;
+    struct file_state *fs = node->state;
     uint32_t align = node->request_alignment;
     off_t data, hole;
 
@@ -152,7 +160,9 @@ file_block_status(struct vimg_node *node, uint64_t offset, uint64_t bytes,
     bs->flags = VIMG_BS_OFFSET_VALID | VIMG_BS_ALLOCATED;
     bs->offset = offset;
     bs->file = node;
-    data = lseek(s->fd, (off_t)offset, SEEK_DATA);
+    data = atomic_load(&fs->next_data);
+    if (data < 0 || (uint64_t)data != offset)
+        data = lseek(s->fd, (off_t)offset, SEEK_DATA);
     if (data < 0 && errno == ENXIO) {
         /* Only a hole up to the end of the file. */
         bs->flags |= VIMG_BS_ZERO;
@@ -165,6 +175,7 @@ file_block_status(struct vimg_node *node, uint64_t offset, uint64_t bytes,
         return 0;
     }
     if ((uint64_t)data > offset) {
+        atomic_store(&fs->next_data, data);
         bs->flags |= VIMG_BS_ZERO;
         bs->bytes = (uint64_t)data - offset;
     } else {
@@ -256,6 +267,7 @@ file_truncate(struct vimg_node *node, uint64_t size, bool is_exact, int mode,
 
     if (len < 0)
         return (int)len;
+    atomic_store(&s->next_data, -1);
     if (mode != VIMG_PREALLOC_OFF && size < (uint64_t)len)
         return vimg_error_set(err, ENOTSUP, "Cannot use preallocation for shrinking files");
     if (mode == VIMG_PREALLOC_METADATA)
