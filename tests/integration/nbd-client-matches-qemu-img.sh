@@ -165,4 +165,14 @@ same create -f qcow2 "$DST" 32M
 fill
 vimv create -f qcow2 "$DST" 32M
 qemu-img check -U -f qcow2 dst.raw >out 2>&1 || { cat out >&2; fail "check after create -f qcow2"; }
+# Preallocated qcow2 on an export long enough: the file "grows" without asking
+# for an exact size, as in qemu-img (before, vimg said "Cannot resize NBD nodes").
+for p in metadata falloc full; do
+    same create -f qcow2 -o preallocation=$p "$DST" 8M
+    fill
+    vimv create -f qcow2 -o preallocation=$p "$DST" 8M
+    qemu-img check -U -f qcow2 dst.raw >out 2>&1 ||
+        { cat out >&2; fail "check after create -f qcow2 -o preallocation=$p"; }
+    grep -q "Image end offset: 8716288" out || { cat out >&2; fail "preallocation=$p layout"; }
+done
 pass

@@ -310,8 +310,12 @@ qcow2_prealloc_grow(struct vimg_node *node, uint64_t old_size, uint64_t size, in
         (ret = qcow2_used_end(node, &used_end, err)) < 0 ||
         (ret = qcow2_refcount_area(node, used_end, nb_data + nb_l2, &start, err)) < 0)
         return ret;
-    /* The data slots get their counts only once the file holds them, as in QEMU. */
-    if ((ret = vimg_node_truncate(node->file, (start + nb_data) * cs, true,
+    /*
+     * The data slots get their counts only once the file holds them, as in QEMU.
+     * The file grows, so exactness does not matter (QEMU asks for none: an NBD
+     * export long enough is fine).
+     */
+    if ((ret = vimg_node_truncate(node->file, (start + nb_data) * cs, false,
                                   prealloc == VIMG_PREALLOC_FULL ? "full" : "falloc",
                                   err)) < 0) {
         vimg_error_prefix(err, "Failed to resize underlying file: ");

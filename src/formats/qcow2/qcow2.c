@@ -484,7 +484,8 @@ qcow2_extend_storage(struct vimg_node *node, uint64_t old_size, int prealloc,
         return (int)len;
     if ((uint64_t)len >= end)
         return 0;
-    ret = vimg_node_truncate(data, end, true, mode, err);
+    /* Growing: not exact, as QEMU asks (an NBD export long enough is fine). */
+    ret = vimg_node_truncate(data, end, false, mode, err);
     /* As QEMU's words for falloc and full in the image file (not a data file). */
     if (ret < 0 && !s->has_data_file &&
         (prealloc == VIMG_PREALLOC_FALLOC || prealloc == VIMG_PREALLOC_FULL))
