@@ -156,21 +156,21 @@ void
 qcow2_signal_corruption(struct vimg_node *node, bool fatal, const char *fmt, ...)
 {
     struct qcow2_state *s = node->state;
-    char msg[VIMG_ERROR_MSG_MAX];
+    struct vimg_error event = { 0 };
     va_list ap;
 
     fatal = fatal && !node->is_read_only;
     if (s->has_signalled_corruption && (!fatal || s->is_corrupt))
         return;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    vimg_error_setv(&event, EIO, fmt, ap);
     va_end(ap);
     if (fatal)
         vimg_warn("qcow2: Marking image as corrupt: %s; further corruption events will be "
-                  "suppressed", msg);
+                  "suppressed", event.msg);
     else
         vimg_warn("qcow2: Image is corrupt: %s; further non-fatal corruption events will be "
-                  "suppressed", msg);
+                  "suppressed", event.msg);
     if (fatal) {
         (void)qcow2_mark_corrupt(node, &(struct vimg_error){ 0 });
         atomic_store(&node->is_unusable, true);
