@@ -153,18 +153,12 @@ static int
 qcow2_set_dirty_bit(struct vimg_node *node, bool is_dirty, struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
-    uint8_t buf[8];
-    int ret;
 
     if (is_dirty)
         s->hdr.incompatible_features |= QCOW2_INCOMPAT_DIRTY;
     else
         s->hdr.incompatible_features &= ~QCOW2_INCOMPAT_DIRTY;
-    qcow2_put_be64(buf, s->hdr.incompatible_features);
-    if ((ret = qcow2_write_header_field(node, QCOW2_OFF_INCOMPATIBLE_FEATURES, buf, 8,
-                                        err)) < 0)
-        return ret;
-    return vimg_node_flush(node->file, err);
+    return qcow2_write_incompatible_features(node, err);
 }
 
 /* Writes n zero bytes at offset of the image file. */

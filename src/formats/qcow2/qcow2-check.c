@@ -1131,7 +1131,6 @@ qcow2_check_mark_clean(struct vimg_node *node, struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
     uint64_t bits = QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT;
-    uint8_t buf[8];
     int ret;
 
     if (!(s->hdr.incompatible_features & bits))
@@ -1142,11 +1141,7 @@ qcow2_check_mark_clean(struct vimg_node *node, struct vimg_error *err)
     s->is_corrupt = false;
     s->is_dirty = false;
     node->is_dirty = false;
-    qcow2_put_be64(buf, s->hdr.incompatible_features);
-    if ((ret = qcow2_write_header_field(node, QCOW2_OFF_INCOMPATIBLE_FEATURES, buf, 8,
-                                        err)) < 0)
-        return ret;
-    return vimg_node_flush(node->file, err);
+    return qcow2_write_incompatible_features(node, err);
 }
 
 /* Lock held. */

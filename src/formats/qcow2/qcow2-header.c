@@ -128,21 +128,30 @@ qcow2_write_header_field(struct vimg_node *node, uint32_t off, const void *buf, 
     return qcow2_pwrite_file(node->file, off, buf, len, err);
 }
 
-/* Sets the corrupt bit in the header and syncs it, as QEMU's qcow2_mark_corrupt. */
+/* Writes the header's incompatible feature bits as the state has them, and syncs. */
 int
-qcow2_mark_corrupt(struct vimg_node *node, struct vimg_error *err)
+qcow2_write_incompatible_features(struct vimg_node *node, struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
     uint8_t buf[8];
     int ret;
 
-    s->hdr.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
-    s->is_corrupt = true;
     qcow2_put_be64(buf, s->hdr.incompatible_features);
     if ((ret = qcow2_write_header_field(node, QCOW2_OFF_INCOMPATIBLE_FEATURES, buf, 8,
                                         err)) < 0)
         return ret;
     return vimg_node_flush(node->file, err);
+}
+
+/* Sets the corrupt bit in the header and syncs it, as QEMU's qcow2_mark_corrupt. */
+int
+qcow2_mark_corrupt(struct vimg_node *node, struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+
+    s->hdr.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
+    s->is_corrupt = true;
+    return qcow2_write_incompatible_features(node, err);
 }
 
 /*

@@ -244,6 +244,7 @@ void qcow2_encode_header(const struct qcow2_header *h, uint8_t *buf);
 int qcow2_read_header(struct vimg_node *node, struct qcow2_state *s, struct vimg_error *err);
 void qcow2_free_header(struct qcow2_state *s);
 /* Rewrites len bytes of the header at off from buf (one field or a run of them). */
+int qcow2_write_incompatible_features(struct vimg_node *node, struct vimg_error *err);
 int qcow2_mark_corrupt(struct vimg_node *node, struct vimg_error *err);
 void qcow2_signal_corruption(struct vimg_node *node, bool fatal, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
