@@ -34,6 +34,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -190,6 +191,7 @@ struct vmdk_state {
     struct vmdk_desc desc;
     uint64_t size;
     bool is_parent_checked;         /* the parent's CID matched once; not asked again */
+    _Atomic bool is_cid_updated;    /* this open gave the image a new CID (first write) */
 };
 
 static uint16_t
@@ -854,6 +856,61 @@ vmdk_read_cid(struct vimg_node *file, bool is_parent, uint32_t *out, struct vimg
             ret = -EINVAL;
     }
     free(area);
+    return ret;
+}
+
+/*
+ * Gives the image a new CID, as qemu-img does on the first write of each
+ * open: in the 20-sector descriptor area (read as vmdk_read_cid reads it),
+ * the text after the first "CID" and one more character becomes the new CID
+ * and a newline, followed by everything from the first "parentCID" on. The
+ * area goes back whole, but not past the file's length rounded up to a
+ * sector (a 338-byte descriptor file becomes 512 bytes, as with qemu-img).
+ * Without "parentCID" the write fails with EINVAL.
+ */
+static int
+vmdk_write_cid(struct vimg_node *file, uint32_t cid, struct vimg_error *err)
+{
+    int64_t len = vimg_node_length(file, err);
+    char *desc = NULL, *tail = NULL, *p;
+    uint8_t magic[4];
+    uint64_t at = 0, n;
+    int ret;
+
+    if (len < 0)
+        return (int)len;
+    if ((ret = vimg_node_pread_padded(file, 0, magic, sizeof(magic), err)) < 0)
+        return ret;
+    if (vmdk_le32(magic) == VMDK4_MAGIC || vmdk_le32(magic) == VMDK3_MAGIC)
+        at = VMDK_SECTOR;
+    if (!(desc = calloc(1, VMDK_CID_AREA)))
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    if ((ret = vimg_node_pread_padded(file, at, desc, VMDK_CID_AREA, err)) < 0)
+        goto out;
+    desc[VMDK_CID_AREA - 1] = '\0';
+    if (!(p = strstr(desc, "parentCID"))) {
+        ret = vimg_error_set(err, EINVAL, "%s", strerror(EINVAL));
+        goto out;
+    }
+    if (!(tail = strdup(p))) {
+        ret = vimg_error_set(err, ENOMEM, "Out of memory");
+        goto out;
+    }
+    if ((p = strstr(desc, "CID")) != NULL) {
+        size_t used;
+        p += sizeof("CID");
+        snprintf(p, VMDK_CID_AREA - (size_t)(p - desc), "%" PRIx32 "\n", cid);
+        used = strlen(desc);
+        snprintf(desc + used, VMDK_CID_AREA - used, "%s", tail);
+    }
+    n = (uint64_t)len > at ? (uint64_t)len - at : 0;
+    if (n > VMDK_CID_AREA)
+        n = VMDK_CID_AREA;
+    if ((ret = vimg_node_pwrite(file, at, desc, n, 0, err)) == 0)
+        ret = vimg_node_flush(file, err);
+out:
+    free(tail);
+    free(desc);
     return ret;
 }
 
@@ -1677,6 +1734,18 @@ vmdk_write(struct vimg_node *node, uint64_t offset, uint64_t bytes, const struct
         offset += len;
         in += len;
         bytes -= len;
+        /* As qemu-img: after the first piece written in this open, a new CID. */
+        if (ret == 0 && !atomic_load(&s->is_cid_updated)) {
+            uint32_t cid;
+            pthread_mutex_lock(&s->lock);
+            if (!atomic_load(&s->is_cid_updated)) {
+                if (getrandom(&cid, sizeof(cid), 0) != sizeof(cid))
+                    ret = vimg_error_set_errno(err, errno, "Could not generate a CID");
+                else if ((ret = vmdk_write_cid(node->file, cid, err)) == 0)
+                    atomic_store(&s->is_cid_updated, true);
+            }
+            pthread_mutex_unlock(&s->lock);
+        }
     }
     return ret;
 }
