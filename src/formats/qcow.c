@@ -880,6 +880,35 @@ qcow_create(const char *filename, struct vimg_opts *opts, struct vimg_error *err
     return ret;
 }
 
+/*
+ * As qemu-img's commit leaves a qcow image: the L1 table zeroed (synced) and
+ * the file cut right after it, so every cluster reads from the backing file.
+ */
+static int
+qcow_make_empty(struct vimg_node *node, struct vimg_error *err)
+{
+    struct qcow_state *s = node->state;
+    uint64_t l1_bytes = s->l1_entries * 8, end = s->h.l1_table_offset + l1_bytes;
+    uint8_t *zeros = calloc(1, l1_bytes ? l1_bytes : 1);
+    int ret;
+
+    if (!zeros)
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    pthread_mutex_lock(&s->lock);
+    ret = qcow_pwrite_file(node, s->h.l1_table_offset, zeros, l1_bytes, err);
+    if (ret == 0)
+        ret = vimg_node_flush(node->file, err);
+    if (ret == 0)
+        ret = vimg_node_truncate(node->file, end, true, NULL, err);
+    if (ret == 0) {
+        vimg_table_cache_drop(&s->tables, 0, UINT64_MAX);
+        s->file_end = end;
+    }
+    pthread_mutex_unlock(&s->lock);
+    free(zeros);
+    return ret;
+}
+
 const struct vimg_driver vimg_qcow_driver = {
     .name = "qcow",
     .kind = VIMG_DRIVER_FORMAT,
@@ -897,4 +926,5 @@ const struct vimg_driver vimg_qcow_driver = {
     .flush = qcow_flush,
     .block_status = qcow_block_status,
     .length = qcow_length,
+    .make_empty = qcow_make_empty,
 };

@@ -90,4 +90,29 @@ check commit
 check commit top.qcow2 extra
 check commit nothere.qcow2
 check commit --bogus top.qcow2
+
+# Other formats: qcow's top is emptied as qemu-img empties it (L1 zeroed, file
+# cut after it: byte-identical), formats that cannot empty an image (vmdk,
+# qed) keep the top's data and still succeed, as qemu-img does.
+for f in qcow vmdk qed; do
+    for t in q v; do
+        mkdir -p "$f.$t"
+        (
+            cd "$f.$t" || exit 1
+            qemu-img create -q -f $f base.img 4M
+            qemu-io -f $f -c "write -P 0x11 0 1M" base.img >/dev/null
+            qemu-img create -q -f $f -b base.img -F $f top.img
+            qemu-io -f $f -c "write -P 0x22 2M 64k" -c "write -P 0x33 3M 4k" top.img >/dev/null
+            if [ $t = q ]; then qemu-img commit -f $f top.img; else "$VIMG" commit -f $f top.img; fi
+            echo "exit=$?"
+            qemu-img map -f $f --output=json top.img | no_offsets
+            qemu-img check -f $f base.img
+        ) >"$f.$t.out" 2>&1
+    done
+    sed -i 's/^vimg:/qemu-img:/' "$f.v.out"
+    expect_same "$f.q.out" "$f.v.out" "commit of a $f image"
+    qemu-img compare -f $f -F $f "$f.q/base.img" "$f.v/base.img" >/dev/null ||
+        fail "$f base after commit differs"
+    [ $f != qcow ] || cmp -s "$f.q/top.img" "$f.v/top.img" || fail "emptied qcow top differs"
+done
 pass

@@ -202,8 +202,9 @@ run_commit(const struct commit_args *a)
     c.size = (uint64_t)size;
     tool_meter_init(&c.meter, a->is_progress, 1.0f);
     tool_meter_set(&c.meter, 0);
+    /* A format that cannot empty an image keeps the data, as with qemu-img (no error). */
     if (commit_copy(&c, &err) < 0 ||
-        (!a->is_keep && vimg_image_make_empty(c.top, &err) < 0)) {
+        (!a->is_keep && vimg_image_make_empty(c.top, &err) < 0 && err.errnum != ENOTSUP)) {
         tool_error("%s", err.msg);
         goto out;
     }
