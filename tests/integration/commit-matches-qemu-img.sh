@@ -91,7 +91,7 @@ check commit top.qcow2 extra
 check commit nothere.qcow2
 check commit --bogus top.qcow2
 
-# Other formats: qcow's top is emptied as qemu-img empties it (L1 zeroed, file
+# Other formats (base contents compared, not layout): qcow's top is emptied as qemu-img empties it (L1 zeroed, file
 # cut after it: byte-identical), formats that cannot empty an image (vmdk,
 # qed) keep the top's data and still succeed, as qemu-img does.
 for f in qcow vmdk qed; do
@@ -106,7 +106,8 @@ for f in qcow vmdk qed; do
             if [ $t = q ]; then qemu-img commit -f $f top.img; else "$VIMG" commit -f $f top.img; fi
             echo "exit=$?"
             qemu-img map -f $f --output=json top.img | no_offsets
-            qemu-img check -f $f base.img
+            # Its statistics depend on the order qemu-img's commit job allocated in.
+            qemu-img check -f $f base.img | grep -v "fragmented"
         ) >"$f.$t.out" 2>&1
     done
     sed -i 's/^vimg:/qemu-img:/' "$f.v.out"
