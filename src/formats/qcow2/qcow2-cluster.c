@@ -123,12 +123,9 @@ qcow2_get_l2(struct vimg_node *node, uint64_t offset, bool alloc, uint8_t **l2,
                               " entries)", index, s->l1_size);
     }
     entry = s->l1[index];
-    if ((entry & QCOW2_OFFSET_MASK) % s->cluster_size) {
-        qcow2_signal_corruption(node, true, "L2 table offset %#" PRIx64 " unaligned (L1 index: "
-                                "%#" PRIx64 ")", entry & QCOW2_OFFSET_MASK, index);
-        return vimg_error_set(err, EIO, "L2 table offset %#" PRIx64 " unaligned (L1 index: "
-                              "%#" PRIx64 ")", entry & QCOW2_OFFSET_MASK, index);
-    }
+    if ((entry & QCOW2_OFFSET_MASK) % s->cluster_size)
+        return qcow2_corruption_error(node, err, "L2 table offset %#" PRIx64 " unaligned (L1 "
+                                      "index: %#" PRIx64 ")", entry & QCOW2_OFFSET_MASK, index);
     if (alloc && (!(entry & QCOW2_OFFSET_MASK) || !(entry & QCOW2_OFLAG_COPIED)))
         return qcow2_alloc_l2(node, index, l2, err);
     if (!(entry & QCOW2_OFFSET_MASK))
@@ -183,20 +180,13 @@ qcow2_classify(struct vimg_node *node, uint64_t l2_offset, uint64_t index, uint6
     } else {
         *kind = qcow2_entry_has_host(s, entry) ? QCOW2_NORMAL : QCOW2_UNALLOCATED;
     }
-    if (what) {
-        qcow2_signal_corruption(node, true, "%s (L2 offset: %#" PRIx64 ", L2 index: %#" PRIx64
-                                ")", what, l2_offset, index);
-        return vimg_error_set(err, EIO, "%s (L2 offset: %#" PRIx64 ", L2 index: %#" PRIx64 ")",
-                              what, l2_offset, index);
-    }
-    if (*kind == QCOW2_NORMAL && (entry & QCOW2_OFFSET_MASK) % s->cluster_size) {
-        qcow2_signal_corruption(node, true, "Cluster allocation offset %#" PRIx64 " unaligned "
-                                "(L2 offset: %#" PRIx64 ", L2 index: %#" PRIx64 ")",
-                                entry & QCOW2_OFFSET_MASK, l2_offset, index);
-        return vimg_error_set(err, EIO, "Cluster allocation offset %#" PRIx64 " unaligned "
-                              "(L2 offset: %#" PRIx64 ", L2 index: %#" PRIx64 ")",
-                              entry & QCOW2_OFFSET_MASK, l2_offset, index);
-    }
+    if (what)
+        return qcow2_corruption_error(node, err, "%s (L2 offset: %#" PRIx64 ", L2 index: %#"
+                                      PRIx64 ")", what, l2_offset, index);
+    if (*kind == QCOW2_NORMAL && (entry & QCOW2_OFFSET_MASK) % s->cluster_size)
+        return qcow2_corruption_error(node, err, "Cluster allocation offset %#" PRIx64
+                                      " unaligned (L2 offset: %#" PRIx64 ", L2 index: %#"
+                                      PRIx64 ")", entry & QCOW2_OFFSET_MASK, l2_offset, index);
     return 0;
 }
 

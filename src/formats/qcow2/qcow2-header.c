@@ -187,6 +187,23 @@ qcow2_signal_corruption(struct vimg_node *node, bool fatal, const char *fmt, ...
     s->has_signalled_corruption = true;
 }
 
+/* A fatal corruption event and the EIO error of the request that met it, one text for both. */
+int
+qcow2_corruption_error(struct vimg_node *node, struct vimg_error *err, const char *fmt, ...)
+{
+    struct vimg_error e = { 0 };
+    va_list ap;
+    int ret;
+
+    va_start(ap, fmt);
+    ret = vimg_error_setv(&e, EIO, fmt, ap);
+    va_end(ap);
+    qcow2_signal_corruption(node, true, "%s", e.msg);
+    if (err)
+        *err = e;
+    return ret;
+}
+
 static int
 qcow2_check_basic_header(const struct qcow2_header *h, const uint8_t *buf,
                          struct vimg_error *err)

@@ -248,6 +248,8 @@ int qcow2_write_incompatible_features(struct vimg_node *node, struct vimg_error 
 int qcow2_mark_corrupt(struct vimg_node *node, struct vimg_error *err);
 void qcow2_signal_corruption(struct vimg_node *node, bool fatal, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+int qcow2_corruption_error(struct vimg_node *node, struct vimg_error *err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 int qcow2_write_header_field(struct vimg_node *node, uint32_t off, const void *buf,
                              size_t len, struct vimg_error *err);
 /* Writes to file (image or data file), growing it first when the write ends past its end. */
