@@ -1,9 +1,9 @@
 #!/bin/bash
 # Proves: `vimg measure -O qcow2` prints what `qemu-img measure -O qcow2`
 # prints (human and JSON) for --size and for raw and qcow2 inputs (holes,
-# data, zero and compressed clusters, backing chains, persistent bitmaps),
-# under every creation option that changes the numbers, and refuses bad
-# options with qemu-img's texts.
+# data, zero and compressed clusters, backing chains, persistent bitmaps,
+# internal snapshots read with -l), under every creation option that changes
+# the numbers, and refuses bad options with qemu-img's texts.
 source "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io
 
@@ -21,6 +21,14 @@ qemu-io -c 'write -P 4 1M 512' v2.qcow2 >/dev/null
 cp base.qcow2 bm.qcow2
 qemu-img bitmap --add bm.qcow2 b1
 qemu-img bitmap --add -g 4k bm.qcow2 bitmap-two
+# Snapshot s1 holds less data than the active layer; s2 has another size.
+cp base.qcow2 snap.qcow2
+qemu-img snapshot -c s1 snap.qcow2
+qemu-io -c 'write -P 5 3M 4M' snap.qcow2 >/dev/null
+qemu-img resize -q snap.qcow2 20M
+qemu-io -c 'write -P 6 12M 6M' snap.qcow2 >/dev/null
+qemu-img snapshot -c s2 snap.qcow2
+qemu-io -c 'discard 0 20M' snap.qcow2 >/dev/null
 
 n=0
 check() {
@@ -50,6 +58,14 @@ for o in cluster_size=512 cluster_size=4k cluster_size=2M refcount_bits=1 refcou
     check -O qcow2 --size 100G -o "$o"
     check -O qcow2 holes.raw -o "$o"
 done
+for l in s1 1 s2 2 snapshot.name=s2 snapshot.id=1 snapshot.id=1,snapshot.name=s1 \
+         snapshot.id=1,snapshot.name=s2 snapshot.id=3 nosuch snapshot.bad=1; do
+    check -O qcow2 -l "$l" snap.qcow2
+    check --output=json -O raw -l "$l" snap.qcow2
+done
+check -O qcow2 -o cluster_size=4k,preallocation=metadata -l s2 snap.qcow2
+check -O qcow2 -l s1 top.qcow2
+check -O qcow2 -l s1 holes.raw
 check -O qcow2 --size 64T -o cluster_size=512
 check -O qcow2 --size 8E
 pass

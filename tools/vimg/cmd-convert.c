@@ -60,9 +60,7 @@ struct convert_args {
     const char *out_fmt;
     const char *base;             /* -B */
     const char *base_fmt;         /* -F */
-    const char *snapshot;         /* -l */
-    char *snapshot_id;            /* -l snapshot.id=... */
-    char *snapshot_name;          /* -l snapshot.name=... */
+    struct img_snapshot_param snapshot;  /* -l */
     const char *cache;            /* -t */
     const char *src_cache;        /* -T */
     char *options;                /* every -o, joined with ',' */
@@ -233,42 +231,6 @@ parse_workers(struct convert_args *a, const char *value)
     return true;
 }
 
-/* -l: "snapshot.id=ID,snapshot.name=NAME" or a plain ID or name. */
-static bool
-parse_snapshot(struct convert_args *a, const char *value)
-{
-    struct vimg_error err = { 0 };
-    struct vimg_opts *o;
-    char key[128];
-    bool is_ok;
-
-    a->snapshot = value;
-    if (strncmp(value, "snapshot.", 9) != 0)
-        return true;
-    o = vimg_opts_new();
-    is_ok = o && vimg_opts_parse(o, value, NULL, &err) == 0;
-    if (is_ok) {
-        const char *id, *name;
-        vimg_opts_get_dict(o, "snapshot");
-        id = vimg_opts_get(o, "snapshot.id");
-        name = vimg_opts_get(o, "snapshot.name");
-        free(a->snapshot_id);
-        free(a->snapshot_name);
-        a->snapshot_id = id ? strdup(id) : NULL;
-        a->snapshot_name = name ? strdup(name) : NULL;
-        if (vimg_opts_find_unused(o, key, sizeof(key))) {
-            tool_error("Invalid parameter '%s'", key);
-            is_ok = false;
-        }
-    } else {
-        tool_error("%s", err.msg);
-    }
-    vimg_opts_free(o);
-    if (!is_ok)
-        tool_error("Failed in parsing snapshot param '%s'", value);
-    return is_ok;
-}
-
 /* One option of getopt; returns 0 to go on, else the exit code. */
 static int
 parse_option(struct convert_args *a, int c, char **argv)
@@ -301,7 +263,7 @@ parse_option(struct convert_args *a, int c, char **argv)
         return append_options(&a->options, optarg) ? 0 : 1;
     case 'S': return parse_sparse(a, optarg) ? 0 : 1;
     case 'm': return parse_workers(a, optarg) ? 0 : 1;
-    case 'l': return parse_snapshot(a, optarg) ? 0 : 1;
+    case 'l': return img_snapshot_param_parse(&a->snapshot, optarg) ? 0 : 1;
     case 'r':
         a->rate_limit = tool_cvtnum("rate limit", optarg);
         return a->rate_limit < 0 ? 1 : 0;
@@ -428,28 +390,6 @@ open_sources(const struct convert_args *a, unsigned flags, struct convert *c)
     return true;
 }
 
-/* -l: the first source reads the snapshot from now on, as qemu-img loads it. */
-static bool
-load_snapshot(const struct convert_args *a, struct vimg_node *src)
-{
-    struct vimg_error err = { 0 };
-    int ret;
-
-    if (strncmp(a->snapshot, "snapshot.", 9) == 0) {
-        ret = vimg_snapshot_load_tmp(src, a->snapshot_id, a->snapshot_name, &err);
-    } else {
-        /* A plain value is an id, else a name. */
-        ret = vimg_snapshot_load_tmp(src, a->snapshot, NULL, &err);
-        if (ret == -ENOENT) {
-            err = (struct vimg_error){ 0 };
-            ret = vimg_snapshot_load_tmp(src, NULL, a->snapshot, &err);
-        }
-    }
-    if (ret < 0)
-        tool_error("Failed to load snapshot: %s", err.msg);
-    return ret == 0;
-}
-
 /* --bitmaps: the source's bitmaps, which must all be consistent unless broken ones are skipped. */
 static bool
 check_source_bitmaps(const struct convert_args *a, struct convert *c)
@@ -482,11 +422,12 @@ check_source_bitmaps(const struct convert_args *a, struct convert *c)
 static bool
 check_source_features(const struct convert_args *a, struct convert *c)
 {
-    if (a->snapshot && strncmp(a->snapshot, "snapshot.", 9) != 0 && a->n_srcs > 1) {
+    if (a->snapshot.param && !a->snapshot.is_dotted && a->n_srcs > 1) {
         tool_error("No support for concatenating multiple snapshot");
         return false;
     }
-    if (a->snapshot && !load_snapshot(a, c->srcs[0].node))
+    /* The first source reads the snapshot from now on, as qemu-img loads it. */
+    if (a->snapshot.param && !img_snapshot_param_load(&a->snapshot, c->srcs[0].node))
         return false;
     return !a->has_bitmaps || check_source_bitmaps(a, c);
 }
@@ -1419,7 +1360,6 @@ cmd_convert(int argc, char **argv)
     if ((ret = parse_args(&a, argc, argv)) < 0 && (ret = check_args(&a)) < 0)
         ret = convert(&a);
     free(a.options);
-    free(a.snapshot_id);
-    free(a.snapshot_name);
+    img_snapshot_param_free(&a.snapshot);
     return ret;
 }

@@ -17,7 +17,7 @@ enum { OPT_OBJECT = 256, OPT_IMAGE_OPTS, OPT_OUTPUT, OPT_SIZE };
 struct measure_args {
     const char *fmt;
     const char *out_fmt;
-    const char *snapshot;        /* -l, NULL when not given */
+    struct img_snapshot_param snapshot;  /* -l */
     const char *filename;
     char *options;               /* -o strings joined with ',', malloc'd */
     bool is_image_opts;
@@ -60,38 +60,6 @@ append_options(char **all, const char *more)
     return true;
 }
 
-/* -l takes "snapshot.id=ID,snapshot.name=NAME" or a bare ID or name. */
-static bool
-snapshot_param_is_valid(const char *param)
-{
-    struct vimg_error err = { 0 };
-    struct vimg_opts *o;
-    char key[256];
-    bool is_valid;
-
-    if (strncmp(param, "snapshot.", 9) != 0)
-        return true;
-    o = vimg_opts_new();
-    if (!o)
-        return false;
-    is_valid = vimg_opts_parse(o, param, NULL, &err) == 0;
-    if (is_valid) {
-        vimg_opts_get_dict(o, "snapshot");
-        vimg_opts_get(o, "snapshot.id");
-        vimg_opts_get(o, "snapshot.name");
-        if (vimg_opts_find_unused(o, key, sizeof(key))) {
-            vimg_error_set(&err, EINVAL, "Invalid parameter '%s'", key);
-            is_valid = false;
-        }
-    }
-    vimg_opts_free(o);
-    if (!is_valid) {
-        tool_error("%s", err.msg);
-        tool_error("Failed in parsing snapshot param '%s'", param);
-    }
-    return is_valid;
-}
-
 static int
 parse_measure_opt(int c, struct measure_args *a)
 {
@@ -102,9 +70,7 @@ parse_measure_opt(int c, struct measure_args *a)
     case 'O': a->out_fmt = optarg; return 0;
     case 'U': a->flags |= VIMG_OPEN_FORCE_SHARE; return 0;
     case 'o': return append_options(&a->options, optarg) ? 0 : 1;
-    case 'l':
-        a->snapshot = optarg;
-        return snapshot_param_is_valid(optarg) ? 0 : 1;
+    case 'l': return img_snapshot_param_parse(&a->snapshot, optarg) ? 0 : 1;
     case OPT_OBJECT: return img_add_object(optarg) ? 0 : 1;
     case OPT_IMAGE_OPTS: a->is_image_opts = true; return 0;
     case OPT_OUTPUT:
@@ -154,7 +120,7 @@ parse_measure_args(int argc, char **argv, struct measure_args *a)
         tool_error("--size N cannot be used together with a filename.");
         return 1;
     }
-    if (!a->filename && (a->is_image_opts || a->fmt || a->snapshot)) {
+    if (!a->filename && (a->is_image_opts || a->fmt || a->snapshot.param)) {
         tool_error("--image-opts, -f, and -l require a filename argument.");
         return 1;
     }
@@ -281,10 +247,7 @@ print_measure(const struct vimg_measure *m, bool is_json)
     json_decref(obj);
 }
 
-/*
- * Opens the input image, if any. The library has no way to read an internal
- * snapshot temporarily, so -l is refused as QEMU refuses it for such formats.
- */
+/* Opens the input image, if any, and loads its -l snapshot read-only. */
 static int
 open_input(const struct measure_args *a, struct vimg_node **in)
 {
@@ -294,11 +257,8 @@ open_input(const struct measure_args *a, struct vimg_node **in)
     *in = img_open(a->is_image_opts, a->filename, a->fmt, a->flags, false);
     if (!*in)
         return -1;
-    if (a->snapshot) {
-        tool_error("Failed to load snapshot: Block format '%s' used by device '' does not "
-                   "support temporarily loading internal snapshots", vimg_node_format(*in));
+    if (a->snapshot.param && !img_snapshot_param_load(&a->snapshot, *in))
         return -1;
-    }
     return 0;
 }
 
@@ -345,5 +305,6 @@ cmd_measure(int argc, char **argv)
         ret = 0;
     }
     free(a.options);
+    img_snapshot_param_free(&a.snapshot);
     return ret;
 }

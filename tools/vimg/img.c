@@ -1,4 +1,8 @@
-/* Helpers the vimg subcommands share: opening images, --object, --output, cache modes. */
+/*
+ * Helpers the vimg subcommands share: opening images, --object, --output,
+ * cache modes, -l snapshot parameters.
+ */
+#include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,4 +83,70 @@ img_open(bool is_image_opts, const char *filename, const char *fmt, unsigned fla
         return NULL;
     }
     return node;
+}
+
+bool
+img_snapshot_param_parse(struct img_snapshot_param *p, const char *value)
+{
+    struct vimg_error err = { 0 };
+    struct vimg_opts *o;
+    char key[256];
+    bool is_ok;
+
+    img_snapshot_param_free(p);
+    p->param = value;
+    p->is_dotted = strncmp(value, "snapshot.", 9) == 0;
+    if (!p->is_dotted)
+        return true;
+    if (!(o = vimg_opts_new()))
+        return false;
+    is_ok = vimg_opts_parse(o, value, NULL, &err) == 0;
+    if (is_ok) {
+        const char *id, *name;
+
+        vimg_opts_get_dict(o, "snapshot");
+        id = vimg_opts_get(o, "snapshot.id");
+        name = vimg_opts_get(o, "snapshot.name");
+        p->id = id ? strdup(id) : NULL;
+        p->name = name ? strdup(name) : NULL;
+        if (vimg_opts_find_unused(o, key, sizeof(key))) {
+            vimg_error_set(&err, EINVAL, "Invalid parameter '%s'", key);
+            is_ok = false;
+        }
+    }
+    vimg_opts_free(o);
+    if (!is_ok) {
+        tool_error("%s", err.msg);
+        tool_error("Failed in parsing snapshot param '%s'", value);
+    }
+    return is_ok;
+}
+
+bool
+img_snapshot_param_load(const struct img_snapshot_param *p, struct vimg_node *node)
+{
+    struct vimg_error err = { 0 };
+    int ret;
+
+    if (p->is_dotted) {
+        ret = vimg_snapshot_load_tmp(node, p->id, p->name, &err);
+    } else {
+        /* A bare value is an id, else a name. */
+        ret = vimg_snapshot_load_tmp(node, p->param, NULL, &err);
+        if (ret == -ENOENT) {
+            err = (struct vimg_error){ 0 };
+            ret = vimg_snapshot_load_tmp(node, NULL, p->param, &err);
+        }
+    }
+    if (ret < 0)
+        tool_error("Failed to load snapshot: %s", err.msg);
+    return ret == 0;
+}
+
+void
+img_snapshot_param_free(struct img_snapshot_param *p)
+{
+    free(p->id);
+    free(p->name);
+    *p = (struct img_snapshot_param){ 0 };
 }

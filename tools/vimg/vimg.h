@@ -50,4 +50,18 @@ bool img_cache_flags(const char *mode, unsigned *flags, bool is_source);
 struct vimg_node *img_open(bool is_image_opts, const char *filename, const char *fmt,
                            unsigned flags, bool is_quiet);
 
+/* An -l snapshot_param: "snapshot.id=ID,snapshot.name=NAME" or a bare ID or name. */
+struct img_snapshot_param {
+    const char *param;           /* as given; NULL when -l was not */
+    bool is_dotted;              /* the snapshot.id/snapshot.name form */
+    char *id;                    /* snapshot.id=, dotted form only */
+    char *name;                  /* snapshot.name=, dotted form only */
+};
+
+/* Parses value into p, printing qemu-img's errors; false on failure. */
+bool img_snapshot_param_parse(struct img_snapshot_param *p, const char *value);
+/* Loads the snapshot read-only into node as qemu-img does; false after printing the error. */
+bool img_snapshot_param_load(const struct img_snapshot_param *p, struct vimg_node *node);
+void img_snapshot_param_free(struct img_snapshot_param *p);
+
 #endif
