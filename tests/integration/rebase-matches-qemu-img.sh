@@ -5,7 +5,8 @@
 # backing from inside the old chain, another format), -u only rewrites the
 # recorded name and format, -p prints the same figures, and every refusal
 # (missing -b or -F, unopenable backing, bad cache modes, raw images, bad
-# options) has qemu-img's message and exit code. Each case runs on copies
+# options) has qemu-img's message and exit code (-c, which qemu-img 7.2 lacks,
+# is tested in rebase-compressed.sh). Each case runs on copies
 # of the same images; the results must have the same contents, map and info,
 # and pass `qemu-img check`. In the map, data runs are compared without their
 # "zero" flag: whether
@@ -118,7 +119,7 @@ check rebase -b new.qcow2 -F bogus top.qcow2
 check rebase -b new.qcow2 -F qcow2 -f bogus top.qcow2
 check rebase -t bogus -b new.qcow2 -F qcow2 top.qcow2
 check rebase -T bogus -b new.qcow2 -F qcow2 top.qcow2
-check rebase -c -b new.qcow2 -F qcow2 top.qcow2
+check rebase -x -b new.qcow2 -F qcow2 top.qcow2
 check rebase -b new.qcow2 -F qcow2 nothere.qcow2
 check rebase -f raw -b new.qcow2 -F qcow2 plain.raw
 check rebase -u -f raw -b new.qcow2 -F qcow2 plain.raw

@@ -11,6 +11,15 @@
  * 100 / (size / 2 MiB) percent for each range that was compared. When the
  * new backing file is in the old chain, ranges no layer in between
  * allocates are skipped without comparing.
+ *
+ * -c (qemu-img 8.2's option; 7.2 has none) writes what is copied as
+ * compressed clusters: each range to compare is widened to whole clusters,
+ * read as the image reads now (its own data merged with the old chain's),
+ * and every cluster that differs from the new backing file is written whole,
+ * compressed, or as a zero cluster when it reads as zeros and the format has
+ * them. A cluster the image already allocates in part (extended L2
+ * subclusters) cannot take a compressed write, in vimg as in QEMU, and is
+ * written plain.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -39,6 +48,7 @@ struct rebase_args {
     bool is_quiet;
     bool is_image_opts;
     bool is_force_share;
+    bool is_compressed;         /* -c */
 };
 
 struct rebase {
@@ -48,6 +58,10 @@ struct rebase {
     struct vimg_node *prefix;       /* the new backing file as a layer of the old chain */
     uint64_t size, old_size, new_size;
     uint8_t *buf_old, *buf_new;
+    uint64_t buf_size;
+    uint64_t cluster;               /* -c: the image's cluster size */
+    uint64_t compared_until;        /* -c: clusters before this one are done */
+    bool has_zero_writes;           /* -c: zero clusters need not be compressed */
     struct tool_meter meter;
 };
 
@@ -64,6 +78,7 @@ parse_rebase_opt(int c, char **argv, struct rebase_args *a)
     case 't': a->cache = optarg; return 0;
     case 'T': a->src_cache = optarg; return 0;
     case 'U': a->is_force_share = true; return 0;
+    case 'c': a->is_compressed = true; return 0;
     case 'h': return 2;
     case OPT_OBJECT: return img_add_object(optarg) ? 0 : 1;
     case OPT_IMAGE_OPTS: a->is_image_opts = true; return 0;
@@ -83,13 +98,14 @@ parse_rebase_args(int argc, char **argv, struct rebase_args *a)
         { "object", required_argument, NULL, OPT_OBJECT },
         { "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
         { "force-share", no_argument, NULL, 'U' },
+        { "compress", no_argument, NULL, 'c' },
         { NULL, 0, NULL, 0 },
     };
     unsigned flags = 0;
     int c, ret;
 
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":hf:F:b:upt:T:qU", long_opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":hf:F:b:upt:T:qUc", long_opts, NULL)) != -1) {
         if ((ret = parse_rebase_opt(c, argv, a)) != 0)
             return ret;
     }
@@ -170,6 +186,140 @@ copy_differences(struct rebase *r, uint64_t offset, uint64_t n, struct vimg_erro
     return 0;
 }
 
+static bool
+is_zero(const uint8_t *buf, uint64_t n)
+{
+    return n == 0 || (buf[0] == 0 && memcmp(buf, buf + 1, n - 1) == 0);
+}
+
+/* How -c writes a cluster that differs. */
+enum cluster_write {
+    CW_COMPRESSED,
+    CW_PLAIN,
+    CW_ZERO,            /* zeros, in any way the format has */
+    CW_ZERO_CLUSTER,    /* a zero cluster if the format has them, else compressed */
+};
+
+/* -c: writes the clusters of [offset, +n) from buf, all one way. */
+static int
+write_clusters(struct rebase *r, uint64_t offset, uint64_t n, const uint8_t *buf,
+               enum cluster_write how, struct vimg_error *err)
+{
+    int ret = -ENOTSUP;
+
+    if (how == CW_ZERO_CLUSTER) {
+        ret = vimg_node_pwrite_zeroes(r->image, offset, n, VIMG_REQ_NO_FALLBACK, err);
+        if (ret == -ENOTSUP)
+            *err = (struct vimg_error){ 0 };
+    }
+    if (how == CW_ZERO)
+        ret = vimg_node_pwrite_zeroes(r->image, offset, n, 0, err);
+    else if (how == CW_PLAIN)
+        ret = vimg_node_pwrite(r->image, offset, buf, n, 0, err);
+    else if (ret == -ENOTSUP)
+        ret = vimg_node_pwrite_compressed(r->image, offset, buf, n, err);
+    if (ret < 0)
+        vimg_error_prefix(err, "Error while writing to COW image: ");
+    return ret;
+}
+
+/*
+ * -c: how a differing cluster is written. A cluster the image allocates in
+ * part (subclusters of extended L2) cannot take a compressed write, in vimg
+ * as in QEMU: it is written plain. Zeros become a zero cluster where the
+ * format has them (qcow2 v3), which takes no space at all.
+ */
+static int
+cluster_write_kind(struct rebase *r, uint64_t offset, const uint8_t *buf, uint64_t n,
+                   enum cluster_write *how, struct vimg_error *err)
+{
+    struct vimg_block_status bs;
+    bool is_allocated = false, is_zeros = r->has_zero_writes && is_zero(buf, n);
+    int ret;
+
+    for (uint64_t at = 0; at < n && !is_allocated; at += bs.bytes) {
+        if ((ret = vimg_node_block_status(r->image, offset + at, n - at, &bs, err)) < 0) {
+            vimg_error_prefix(err, "error while reading image metadata: ");
+            return ret;
+        }
+        is_allocated = (bs.flags & VIMG_BS_ALLOCATED) || bs.bytes == 0;
+    }
+    if (is_allocated)
+        *how = is_zeros ? CW_ZERO : CW_PLAIN;
+    else
+        *how = is_zeros ? CW_ZERO_CLUSTER : CW_COMPRESSED;
+    return 0;
+}
+
+/*
+ * -c: compares [offset, +n), within one buffer and starting on a cluster,
+ * cluster by cluster between the image as it reads now and the new backing
+ * file, and writes the clusters that differ.
+ */
+static int
+copy_clusters(struct rebase *r, uint64_t offset, uint64_t n, struct vimg_error *err)
+{
+    uint64_t run_start = 0, run_len = 0;
+    enum cluster_write run_how = CW_COMPRESSED, how = CW_COMPRESSED;
+    int ret;
+
+    if ((ret = vimg_node_pread(r->image, offset, r->buf_old, n, 0, err)) < 0) {
+        vimg_error_prefix(err, "error while reading from old backing file: ");
+        return ret;
+    }
+    if ((ret = read_or_zero(r->new_backing, r->new_size, offset, r->buf_new, n, err)) < 0) {
+        vimg_error_prefix(err, "error while reading from new backing file: ");
+        return ret;
+    }
+    for (uint64_t at = 0; at < n; at += r->cluster) {
+        uint64_t len = n - at < r->cluster ? n - at : r->cluster;
+        bool differs = memcmp(r->buf_old + at, r->buf_new + at, len) != 0;
+
+        if (differs && (ret = cluster_write_kind(r, offset + at, r->buf_old + at, len, &how,
+                                                 err)) < 0)
+            return ret;
+        /* A run ends at a cluster that is the same, or written another way. */
+        if (run_len && (!differs || how != run_how)) {
+            if ((ret = write_clusters(r, offset + run_start, run_len, r->buf_old + run_start,
+                                      run_how, err)) < 0)
+                return ret;
+            run_len = 0;
+        }
+        if (!differs)
+            continue;
+        if (!run_len) {
+            run_start = at;
+            run_how = how;
+        }
+        run_len += len;
+    }
+    return run_len ? write_clusters(r, offset + run_start, run_len, r->buf_old + run_start,
+                                    run_how, err) : 0;
+}
+
+/* -c: [offset, +n) widened to whole clusters, skipping those already compared. */
+static int
+copy_differences_compressed(struct rebase *r, uint64_t offset, uint64_t n,
+                            struct vimg_error *err)
+{
+    uint64_t start = offset / r->cluster * r->cluster;
+    uint64_t end = (offset + n + r->cluster - 1) / r->cluster * r->cluster;
+    uint64_t piece = r->buf_size / r->cluster * r->cluster;
+    int ret;
+
+    if (start < r->compared_until)
+        start = r->compared_until;
+    if (end > r->size)
+        end = r->size;
+    for (uint64_t pos = start; pos < end; pos += piece) {
+        if ((ret = copy_clusters(r, pos, end - pos < piece ? end - pos : piece, err)) < 0)
+            return ret;
+    }
+    if (end > r->compared_until)
+        r->compared_until = end;
+    return 0;
+}
+
 /* The length of the run at offset (at most n) and whether it is allocated above base. */
 static int
 allocation(struct vimg_node *node, struct vimg_node *base, uint64_t offset, uint64_t *n,
@@ -215,7 +365,9 @@ rebase_step(struct rebase *r, uint64_t offset, uint64_t *n, float step,
         *n = r->old_size - offset;
     if (r->new_backing && offset < r->new_size && *n > r->new_size - offset)
         *n = r->new_size - offset;
-    if ((ret = copy_differences(r, offset, *n, err)) < 0)
+    ret = r->cluster ? copy_differences_compressed(r, offset, *n, err)
+                     : copy_differences(r, offset, *n, err);
+    if (ret < 0)
         return ret;
     tool_meter_add(&r->meter, step);
     return 0;
@@ -228,8 +380,10 @@ rebase_copy(struct rebase *r, struct vimg_error *err)
     float step = (float)100 / (float)steps;
     int ret;
 
-    r->buf_old = malloc(IO_BUF_SIZE);
-    r->buf_new = malloc(IO_BUF_SIZE);
+    /* A compressed write takes whole clusters, which may be larger than a step. */
+    r->buf_size = r->cluster > IO_BUF_SIZE ? r->cluster : IO_BUF_SIZE;
+    r->buf_old = malloc(r->buf_size);
+    r->buf_new = malloc(r->buf_size);
     if (!r->buf_old || !r->buf_new)
         return vimg_error_set(err, ENOMEM, "Out of memory");
     for (uint64_t offset = 0, n; offset < r->size; offset += n) {
@@ -324,6 +478,14 @@ run_rebase(const struct rebase_args *a)
     tool_meter_set(&r.meter, 0);
     if (!(r.image = img_open(a->is_image_opts, a->filename, a->fmt, flags, a->is_quiet)))
         goto out;
+    if (a->is_compressed && !vimg_node_can_compress(r.image)) {
+        tool_error("Compression not supported for this file format");
+        goto out;
+    }
+    if (a->is_compressed) {
+        r.cluster = vimg_node_cluster_size(r.image) ? vimg_node_cluster_size(r.image) : 65536;
+        r.has_zero_writes = !vimg_node_needs_compressed_writes(r.image);
+    }
     if (!a->is_unsafe) {
         if (prepare_safe(a, &r) < 0)
             goto out;
