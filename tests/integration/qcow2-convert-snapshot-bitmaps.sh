@@ -1,5 +1,6 @@
 #!/bin/bash
-# Proves: `vimg convert -l` reads an internal snapshot of a qcow2 source, and
+# Proves: `vimg convert -l` (and the old -s) reads an internal snapshot of a
+# qcow2 source, and
 # `vimg convert --bitmaps [--skip-broken-bitmaps]` copies its persistent
 # bitmaps, as `qemu-img convert` does: same messages and exit codes for every
 # refusal (snapshot not found, raw source, several sources, source or target
@@ -137,7 +138,15 @@ done
 convert_both l-raw -O raw -l s1 raw.img
 convert_both l-multi -O raw -l s1 src.qcow2 src.qcow2
 convert_both l-multi-opts -O raw -l snapshot.id=1 src.qcow2 src.qcow2
-convert_both l-s -O raw -s s1 src.qcow2
+# -s NAME (qemu-img until 6.0; 7.2 rejects it) is -l with a bare ID or name.
+for sn in s1 2 nope; do
+    qemu-img convert -O raw -l "$sn" src.qcow2 s.q >s.q.out 2>&1; echo "exit=$?" >>s.q.out
+    "$VIMG" convert -O raw -s "$sn" src.qcow2 s.v >s.v.out 2>&1; echo "exit=$?" >>s.v.out
+    norm s.q.out >s.q.txt; norm s.v.out >s.v.txt
+    expect_same s.q.txt s.v.txt "convert -s $sn against qemu-img convert -l $sn"
+    [ ! -f s.q ] || cmp -s s.q s.v || fail "convert -s $sn read other data than -l $sn"
+    rm -f s.q s.v
+done
 # the snapshot really is read: s1 has pattern 1 where the active layer has 5
 "$VIMG" convert -O raw -l s1 src.qcow2 snap.raw || fail "convert -l s1"
 qemu-io -f raw -c 'read -P 1 0 1M' -c 'read -P 0 10M 1M' snap.raw | grep -q 'Pattern verification failed' &&

@@ -21,7 +21,8 @@
  * and block-status errors into warnings, copying unreadable sectors as zeros.
  *
  * -l reads the first source's internal snapshot (loaded read-only, as
- * qemu-img does); --bitmaps copies the persistent bitmaps of the (single)
+ * qemu-img does); -s NAME, which qemu-img had until 6.0, is -l with a bare
+ * ID or name (7.2 rejects it; vimg keeps it for old scripts); --bitmaps copies the persistent bitmaps of the (single)
  * source into the target after the data.
  */
 #include <errno.h>
@@ -264,6 +265,7 @@ parse_option(struct convert_args *a, int c, char **argv)
     case 'S': return parse_sparse(a, optarg) ? 0 : 1;
     case 'm': return parse_workers(a, optarg) ? 0 : 1;
     case 'l': return img_snapshot_param_parse(&a->snapshot, optarg) ? 0 : 1;
+    case 's': img_snapshot_param_set_bare(&a->snapshot, optarg); return 0;
     case 'r':
         a->rate_limit = tool_cvtnum("rate limit", optarg);
         return a->rate_limit < 0 ? 1 : 0;
@@ -293,7 +295,7 @@ parse_args(struct convert_args *a, int argc, char **argv)
     int c, ret;
 
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:", long_opts,
+    while ((c = getopt_long(argc, argv, ":hf:O:B:CcF:o:l:s:S:pt:T:qnm:WUr:", long_opts,
                             NULL)) != -1) {
         if (c == 'h') {
             img_print_help();

@@ -122,6 +122,13 @@ img_snapshot_param_parse(struct img_snapshot_param *p, const char *value)
     return is_ok;
 }
 
+void
+img_snapshot_param_set_bare(struct img_snapshot_param *p, const char *value)
+{
+    img_snapshot_param_free(p);
+    p->param = value;
+}
+
 bool
 img_snapshot_param_load(const struct img_snapshot_param *p, struct vimg_node *node)
 {

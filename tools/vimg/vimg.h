@@ -60,6 +60,8 @@ struct img_snapshot_param {
 
 /* Parses value into p, printing qemu-img's errors; false on failure. */
 bool img_snapshot_param_parse(struct img_snapshot_param *p, const char *value);
+/* Sets p to a bare ID or name, even one that starts "snapshot." (convert -s). */
+void img_snapshot_param_set_bare(struct img_snapshot_param *p, const char *value);
 /* Loads the snapshot read-only into node as qemu-img does; false after printing the error. */
 bool img_snapshot_param_load(const struct img_snapshot_param *p, struct vimg_node *node);
 void img_snapshot_param_free(struct img_snapshot_param *p);
