@@ -73,6 +73,8 @@ struct vimg_opts *vimg_opts_dict_at(const struct vimg_opts *opts, size_t index);
  */
 bool vimg_opts_find_unused(const struct vimg_opts *opts, char *key, size_t key_size);
 void vimg_opts_mark_unused(struct vimg_opts *opts);
+/* Marks every key used: a child node has checked them under its own name. */
+void vimg_opts_mark_used(struct vimg_opts *opts);
 
 /* Renders as a JSON object text (malloc'd); strings stay strings. NULL when out of
  * memory or when a key or value is not UTF-8 (JSON cannot hold it). */

@@ -738,6 +738,9 @@ vimg_open_child(struct vimg_node **out, struct vimg_node *parent, const char *ro
         ret = node_open(out, o, filename, flags, err);
     }
     vimg_opts_free(o);
+    /* The child opened a copy and rejected what it did not know under its own name. */
+    if (opts)
+        vimg_opts_mark_used(opts);
     return ret;
 }
 

@@ -376,14 +376,26 @@ vimg_opts_find_unused(const struct vimg_opts *opts, char *key, size_t key_size)
     return opts_find_unused(opts, "", key, key_size);
 }
 
+static void
+opts_set_used(struct vimg_opts *opts, bool is_used)
+{
+    for (size_t i = 0; i < opts->n_entries; i++) {
+        opts->entries[i].is_used = is_used;
+        if (opts->entries[i].dict)
+            opts_set_used(opts->entries[i].dict, is_used);
+    }
+}
+
 void
 vimg_opts_mark_unused(struct vimg_opts *opts)
 {
-    for (size_t i = 0; i < opts->n_entries; i++) {
-        opts->entries[i].is_used = false;
-        if (opts->entries[i].dict)
-            vimg_opts_mark_unused(opts->entries[i].dict);
-    }
+    opts_set_used(opts, false);
+}
+
+void
+vimg_opts_mark_used(struct vimg_opts *opts)
+{
+    opts_set_used(opts, true);
 }
 
 /* Reads one key or value up to an unescaped separator; ",," is a comma. */

@@ -84,18 +84,6 @@ blkdebug_parse_rule(struct vimg_opts *r, struct blkdebug_rule *rule, struct vimg
     return 0;
 }
 
-static void
-opts_mark_all_used(struct vimg_opts *o)
-{
-    for (size_t i = 0; i < vimg_opts_count(o); i++) {
-        struct vimg_opts *d = vimg_opts_dict_at(o, i);
-        if (d)
-            opts_mark_all_used(vimg_opts_get_dict(o, vimg_opts_key_at(o, i)));
-        else
-            vimg_opts_get(o, vimg_opts_key_at(o, i));
-    }
-}
-
 static int
 blkdebug_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
               struct vimg_error *err)
@@ -120,7 +108,6 @@ blkdebug_open(struct vimg_node *node, struct vimg_opts *opts, unsigned flags,
     if (image) {
         ret = vimg_open_child(&node->file, node, "image", NULL, NULL, image,
                               flags | VIMG_OPEN_PROTOCOL, err);
-        opts_mark_all_used(image);
     } else {
         ret = vimg_open_child(&node->file, node, "image", image_name, NULL, NULL,
                               flags | VIMG_OPEN_PROTOCOL, err);
