@@ -14,7 +14,13 @@
  * A refcount_bits change builds new refcount structures (see
  * qcow2_amend_refcount_order) right after an upgrade, before anything else.
  *
- * Left out: data_file renames (refused). encrypt.* (LUKS key slots) is qcow2-crypt.c's.
+ * data_file renames the external data file the header names (the file
+ * itself is not opened, as in QEMU; an empty name drops the extension, and
+ * the image then needs a data-file option to open); data_file_raw=off clears
+ * the raw bit. Both are written right after an upgrade, before the rest, so
+ * that a failing downgrade keeps them, as in qemu-img.
+ *
+ * encrypt.* (LUKS key slots) is qcow2-crypt.c's.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -31,6 +37,9 @@ struct qcow2_amend_params {
     bool has_size;
     uint64_t size;
     uint64_t refcount_bits;
+    const char *data_file;      /* NULL when not given */
+    bool has_data_file_raw;
+    bool is_data_file_raw;
 };
 
 static const char qcow2_lazy_v3_text[] = "Lazy refcounts only supported with compatibility "
@@ -72,11 +81,23 @@ qcow2_amend_parse_key(struct vimg_node *node, struct vimg_opts *opts, const char
     if (strcmp(key, "backing_file") == 0 || strcmp(key, "backing_fmt") == 0)
         return vimg_error_set(err, EINVAL, "Cannot amend the backing file\n"
                               "You can use 'qemu-img rebase' instead.");
-    if (strcmp(key, "data_file") == 0 && !s->has_data_file)
-        return vimg_error_set(err, EINVAL, "data-file can only be set for images that use "
-                              "an external data file");
-    if (strcmp(key, "data_file_raw") == 0 && !s->has_data_file)
-        return vimg_error_set(err, EINVAL, "data-file-raw cannot be set on existing images");
+    if (strcmp(key, "data_file") == 0) {
+        if (!s->has_data_file)
+            return vimg_error_set(err, EINVAL, "data-file can only be set for images that "
+                                  "use an external data file");
+        p->data_file = vimg_opts_get(opts, key);
+        return 0;
+    }
+    if (strcmp(key, "data_file_raw") == 0) {
+        int ret = vimg_opts_get_bool(opts, key, s->is_data_file_raw, &p->is_data_file_raw, err);
+        if (ret < 0)
+            return ret;
+        if (p->is_data_file_raw && !s->is_data_file_raw)
+            return vimg_error_set(err, EINVAL, "data-file-raw cannot be set on existing "
+                                  "images");
+        p->has_data_file_raw = true;
+        return 0;
+    }
     return vimg_error_set(err, ENOTSUP, "Changing option '%s' is not supported", key);
 }
 
@@ -539,6 +560,64 @@ qcow2_amend_downgrade(struct vimg_node *node, struct vimg_error *err)
     return qcow2_write_header(node, err);
 }
 
+/* ---- data file ---- */
+
+/* Sets the data file extension to name, dropping it for "", placed where QEMU writes it. */
+static int
+qcow2_amend_set_data_file_ext(struct qcow2_state *s, const char *name, struct vimg_error *err)
+{
+    size_t i, len = strlen(name);
+    char *copy = NULL, *ext_copy = NULL;
+
+    for (i = 0; i < s->n_exts && s->exts[i].type != QCOW2_EXT_DATA_FILE; i++)
+        ;
+    if (len && (!(copy = strdup(name)) || !(ext_copy = strdup(name)))) {
+        free(copy);
+        return vimg_error_set(err, ENOMEM, "Out of memory");
+    }
+    if (i == s->n_exts && len) {
+        struct qcow2_ext *exts = realloc(s->exts, (s->n_exts + 1) * sizeof(*exts));
+        if (!exts) {
+            free(copy);
+            free(ext_copy);
+            return vimg_error_set(err, ENOMEM, "Out of memory");
+        }
+        s->exts = exts;
+        /* First after the backing format, as QEMU orders the extensions. */
+        memmove(s->exts + 1, s->exts, s->n_exts++ * sizeof(*exts));
+        i = 0;
+    } else if (i < s->n_exts) {
+        free(s->exts[i].data);
+        if (!len)
+            memmove(s->exts + i, s->exts + i + 1, (--s->n_exts - i) * sizeof(*s->exts));
+    }
+    if (len)
+        s->exts[i] = (struct qcow2_ext){
+            .type = QCOW2_EXT_DATA_FILE, .len = (uint32_t)len, .data = (uint8_t *)ext_copy,
+        };
+    free(s->data_file_name);
+    s->data_file_name = copy;
+    return 0;
+}
+
+static int
+qcow2_amend_data_file(struct vimg_node *node, const struct qcow2_amend_params *p,
+                      struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    int ret;
+
+    if ((ret = qcow2_flush_metadata(node, err)) < 0)
+        return ret;
+    if (p->data_file && (ret = qcow2_amend_set_data_file_ext(s, p->data_file, err)) < 0)
+        return ret;
+    if (p->has_data_file_raw && !p->is_data_file_raw) {
+        s->hdr.autoclear_features &= ~QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+        s->is_data_file_raw = false;
+    }
+    return qcow2_write_header(node, err);
+}
+
 /* ---- the op ---- */
 
 static int
@@ -555,6 +634,9 @@ qcow2_amend_header(struct vimg_node *node, const struct qcow2_amend_params *p, b
     if (ret == 0 && is_before && p->refcount_bits != s->refcount_bits)
         ret = qcow2_amend_refcount_order(node, (uint32_t)__builtin_ctzll(p->refcount_bits),
                                          err);
+    if (ret == 0 && is_before && (p->data_file || (p->has_data_file_raw &&
+                                                   p->is_data_file_raw != s->is_data_file_raw)))
+        ret = qcow2_amend_data_file(node, p, err);
     if (ret == 0 && !is_before && p->has_lazy && p->has_lazy_refcounts != is_lazy &&
         s->hdr.version >= 3)
         ret = qcow2_amend_set_lazy(node, p->has_lazy_refcounts, err);
@@ -577,7 +659,7 @@ qcow2_amend(struct vimg_node *node, struct vimg_opts *opts, bool is_forced,
         (ret = qcow2_amend_header(node, &p, true, err)) < 0)
         return ret;
     if (p.has_size && p.size != s->hdr.size &&
-        (ret = qcow2_resize(node, p.size, VIMG_PREALLOC_OFF, err)) < 0)
+        (ret = qcow2_truncate(node, p.size, false, VIMG_PREALLOC_OFF, err)) < 0)
         return ret;
     return qcow2_amend_header(node, &p, false, err);
 }

@@ -591,7 +591,7 @@ qcow2_prealloc_cow_finish(struct vimg_node *node, uint64_t old_size, uint64_t si
     return ret;
 }
 
-static int
+int
 qcow2_truncate(struct vimg_node *node, uint64_t size, bool is_exact, int prealloc,
                struct vimg_error *err)
 {
@@ -602,6 +602,9 @@ qcow2_truncate(struct vimg_node *node, uint64_t size, bool is_exact, int preallo
     int ret = 0;
 
     (void)is_exact;
+    /* A raw data file stays mapped one to one: QEMU grows it with its metadata. */
+    if (s->is_data_file_raw && size > old_size && prealloc == VIMG_PREALLOC_OFF)
+        prealloc = VIMG_PREALLOC_METADATA;
     if (prealloc == VIMG_PREALLOC_METADATA)
         ret = qcow2_prealloc_cow_prepare(node, old_size, size, &head, &tail, err);
     if (ret == 0)

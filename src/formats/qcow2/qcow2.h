@@ -314,6 +314,9 @@ int qcow2_discard_range(struct vimg_node *node, uint64_t offset, uint64_t bytes,
 /* Reads [offset, +bytes) as this image sees it (lock not held). */
 int qcow2_read(struct vimg_node *node, uint64_t offset, uint64_t bytes,
                const struct iovec *iov, int n_iov, struct vimg_error *err);
+/* The driver's truncate: resize plus the preallocation and data file growth it asks for. */
+int qcow2_truncate(struct vimg_node *node, uint64_t size, bool is_exact, int prealloc,
+                   struct vimg_error *err);
 int qcow2_preallocate_metadata(struct vimg_node *node, uint64_t offset, uint64_t bytes,
                                struct vimg_error *err);
 /* Unmaps every cluster from start (cluster aligned) on; the L1 table keeps its size. */
