@@ -59,6 +59,14 @@ for raw in off on; do
 done
 [ "$n" = 38 ] || fail "ran $n of 38 cases"
 
+# A name too long for the header cluster.
+for t in q v; do
+    rm -rf "$t" && mkdir "$t" &&
+        (cd "$t" && qemu-img create -q -f qcow2 -o data_file=d.raw,cluster_size=512 i.qcow2 1M) ||
+        fail "setup 512"
+done
+both "long name" amend -o "data_file=$(printf 'x%.0s' $(seq 600)).raw" i.qcow2
+
 # A data file name dropped: the image needs the option, in both tools.
 setup off
 both "dropped name" amend -o data_file= i.qcow2

@@ -615,7 +615,9 @@ qcow2_amend_data_file(struct vimg_node *node, const struct qcow2_amend_params *p
         s->hdr.autoclear_features &= ~QCOW2_AUTOCLEAR_DATA_FILE_RAW;
         s->is_data_file_raw = false;
     }
-    return qcow2_write_header(node, err);
+    if ((ret = qcow2_write_header(node, err)) < 0)
+        vimg_error_prefix(err, "Failed to update the image header: ");
+    return ret;
 }
 
 /* ---- the op ---- */
