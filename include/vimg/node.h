@@ -132,6 +132,8 @@ bool vimg_node_is_probed_raw(const struct vimg_node *node);
 uint32_t vimg_node_cluster_size(const struct vimg_node *node);
 bool vimg_node_has_zero_init(struct vimg_node *node);
 bool vimg_node_can_compress(const struct vimg_node *node);
+/* Whether the format encrypts the data it stores (qcow2/qcow with a key, luks). */
+bool vimg_node_is_encrypted(const struct vimg_node *node);
 /* Writes must be whole compressed clusters (vmdk streamOptimized): convert writes so. */
 bool vimg_node_needs_compressed_writes(const struct vimg_node *node);
 

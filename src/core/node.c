@@ -805,6 +805,12 @@ vimg_node_can_compress(const struct vimg_node *node)
 }
 
 bool
+vimg_node_is_encrypted(const struct vimg_node *node)
+{
+    return node->is_encrypted;
+}
+
+bool
 vimg_node_needs_compressed_writes(const struct vimg_node *node)
 {
     return node->needs_compressed_writes;

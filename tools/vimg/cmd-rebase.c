@@ -19,7 +19,8 @@
  * compressed, or as a zero cluster when it reads as zeros and the format has
  * them. A cluster the image already allocates in part (extended L2
  * subclusters) cannot take a compressed write, in vimg as in QEMU, and is
- * written plain.
+ * written plain. An encrypted image is refused: its compressed clusters
+ * would be stored in the clear (qemu-img 8.2 writes them so).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -480,6 +481,11 @@ run_rebase(const struct rebase_args *a)
         goto out;
     if (a->is_compressed && !vimg_node_can_compress(r.image)) {
         tool_error("Compression not supported for this file format");
+        goto out;
+    }
+    /* qcow2 stores compressed clusters unencrypted: refused as convert refuses it. */
+    if (a->is_compressed && vimg_node_is_encrypted(r.image)) {
+        tool_error("Compression and encryption not supported at the same time");
         goto out;
     }
     if (a->is_compressed) {
