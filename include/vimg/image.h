@@ -162,8 +162,13 @@ int vimg_snapshot_delete(struct vimg_node *node, const char *id, const char *nam
  */
 int vimg_snapshot_load_tmp(struct vimg_node *node, const char *id, const char *name,
                            struct vimg_error *err);
-/* `amend -o`: changes the options of an open image; QEMU's texts for what cannot change. */
+/* Progress of a long operation: done units of total so far. */
+typedef void vimg_progress_fn(uint64_t done, uint64_t total, void *opaque);
+/*
+ * `amend -o`: changes the options of an open image; QEMU's texts for what
+ * cannot change. progress (may be NULL) is called as QEMU's amend reports.
+ */
 int vimg_image_amend(struct vimg_node *node, struct vimg_opts *opts, bool is_forced,
-                     struct vimg_error *err);
+                     vimg_progress_fn *progress, void *opaque, struct vimg_error *err);
 
 #endif

@@ -153,7 +153,7 @@ struct vimg_driver {
                            struct vimg_error *err);
     /* Changes creation options of an open image (`amend`); keys not read are rejected. */
     int (*amend)(struct vimg_node *node, struct vimg_opts *opts, bool is_forced,
-                 struct vimg_error *err);
+                 vimg_progress_fn *progress, void *opaque, struct vimg_error *err);
     /*
      * Reads (or with is_write writes) [offset, +bytes) of the VM state the
      * image keeps beside the guest disk. The core has checked the range

@@ -119,10 +119,10 @@ vimg_bitmap_list_free(struct vimg_bitmap_info *list, size_t n)
 
 int
 vimg_image_amend(struct vimg_node *node, struct vimg_opts *opts, bool is_forced,
-                 struct vimg_error *err)
+                 vimg_progress_fn *progress, void *opaque, struct vimg_error *err)
 {
     if (!node->drv->amend)
         return vimg_error_set(err, ENOTSUP, "Format driver '%s' does not support option "
                               "amendment", node->drv->name);
-    return node->drv->amend(node, opts, is_forced, err);
+    return node->drv->amend(node, opts, is_forced, progress, opaque, err);
 }

@@ -375,8 +375,10 @@ luks_measure(struct vimg_opts *opts, struct vimg_node *in, uint64_t size,
 /* Key slot changes (amend -o state=...,keyslot=...,new-secret=...,old-secret=...). */
 static int
 luks_amend(struct vimg_node *node, struct vimg_opts *opts, bool is_forced,
-           struct vimg_error *err)
+           vimg_progress_fn *progress, void *opaque, struct vimg_error *err)
 {
+    (void)progress;     /* QEMU's LUKS amend reports no progress either */
+    (void)opaque;
     struct luks_state *s = node->state;
     int ret = vimg_luks_amend(s->luks, opts, "", is_forced, luks_read_header,
                               luks_write_header, node->file, err);

@@ -1,6 +1,9 @@
 /*
  * vimg amend: qemu-img amend. Changes options of an existing image
- * (-o key=value,...), with qemu-img's option checks and texts.
+ * (-o key=value,...), with qemu-img's option checks and texts. -p prints the
+ * progress the format reports, framed as qemu-img frames it: 0 before, 100
+ * after (also when amend fails), and the final newline on every way out once
+ * the arguments are read, -o help included.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -19,6 +22,7 @@ struct amend_args {
     bool is_image_opts;
     bool is_quiet;
     bool is_forced;
+    bool is_progress;           /* -p */
 };
 
 /* What `amend -o help` lists for qcow2, and the creation-only options it names. */
@@ -91,7 +95,7 @@ parse_amend_opt(int c, char **argv, struct amend_args *a)
     case 'f': a->fmt = optarg; return 0;
     case 't': a->cache = optarg; return 0;
     case 'q': a->is_quiet = true; return 0;
-    case 'p': return 0;
+    case 'p': a->is_progress = true; return 0;
     case 'h': return 2;
     case 'o': return append_options(&a->options, optarg) ? 0 : 1;
     case OPT_OBJECT: return img_add_object(optarg) ? 0 : 1;
@@ -174,50 +178,75 @@ parse_amend_options(const struct amend_args *a, const char *fmt)
     return opts;
 }
 
+/* `-o help` for fmt (what qemu-img prints without opening the image); false if none. */
+static bool
+print_amend_help(const char *fmt)
+{
+    if (strcmp(fmt, "qcow2") == 0)
+        fputs(amend_help_qcow2, stdout);
+    else if (strcmp(fmt, "luks") == 0)
+        fputs(amend_help_luks, stdout);
+    else if (!vimg_format_exists(fmt))
+        tool_error("Unknown file format '%s'", fmt);
+    else
+        tool_error("Format driver '%s' does not support option amendment", fmt);
+    return strcmp(fmt, "qcow2") == 0 || strcmp(fmt, "luks") == 0;
+}
+
+/* The format's progress reports, as qemu-img's amend prints them. */
+static void
+amend_progress(uint64_t done, uint64_t total, void *opaque)
+{
+    tool_meter_set(opaque, total ? 100.f * (float)done / (float)total : 100.f);
+}
+
+static int
+amend_image(const struct amend_args *a, struct vimg_node *node, struct tool_meter *meter)
+{
+    struct vimg_error err = { 0 };
+    struct vimg_opts *opts;
+    const char *fmt = vimg_node_format(node);
+    int ret;
+
+    if (strcmp(a->options, "help") == 0)
+        return print_amend_help(fmt) ? 0 : 1;
+    if (strcmp(fmt, "qcow2") != 0 && strcmp(fmt, "luks") != 0) {
+        tool_error("Format driver '%s' does not support option amendment", fmt);
+        return 1;
+    }
+    if (!(opts = parse_amend_options(a, fmt)))
+        return 1;
+    tool_meter_set(meter, 0);
+    ret = vimg_image_amend(node, opts, a->is_forced, amend_progress, meter, &err);
+    tool_meter_set(meter, 100);
+    if (ret < 0)
+        tool_error("%s", err.msg);
+    vimg_opts_free(opts);
+    return ret < 0 ? 1 : 0;
+}
+
 static int
 run_amend(const struct amend_args *a)
 {
-    struct vimg_error err = { 0 };
-    struct vimg_opts *opts = NULL;
+    struct tool_meter meter;
     struct vimg_node *node;
     unsigned flags = VIMG_OPEN_RDWR | VIMG_OPEN_NO_BACKING | VIMG_OPEN_RESIZE;
-    const char *fmt;
     int ret = 1;
 
+    tool_meter_init(&meter, a->is_progress && !a->is_quiet, 1.0f);
     if (a->cache && !img_cache_flags(a->cache, &flags, false))
-        return 1;
-    /* As qemu-img, -f luks -o help needs no image (the secret would be needed to open it). */
-    if (a->fmt && strcmp(a->fmt, "luks") == 0 && strcmp(a->options, "help") == 0) {
-        fputs(amend_help_luks, stdout);
-        return 0;
-    }
-    if (!(node = img_open(a->is_image_opts, a->filename, a->fmt, flags, a->is_quiet)))
-        return 1;
-    fmt = vimg_node_format(node);
-    if (strcmp(a->options, "help") == 0 && strcmp(fmt, "qcow2") == 0) {
-        fputs(amend_help_qcow2, stdout);
-        ret = 0;
+        goto out;
+    /* As qemu-img, -f FMT -o help needs no image (a luks one would need its secret). */
+    if (a->fmt && strcmp(a->options, "help") == 0) {
+        ret = print_amend_help(a->fmt) ? 0 : 1;
         goto out;
     }
-    if (strcmp(a->options, "help") == 0 && strcmp(fmt, "luks") == 0) {
-        fputs(amend_help_luks, stdout);
-        ret = 0;
-        goto out;
+    if ((node = img_open(a->is_image_opts, a->filename, a->fmt, flags, a->is_quiet))) {
+        ret = amend_image(a, node, &meter);
+        vimg_close(node);
     }
-    if (strcmp(fmt, "qcow2") != 0 && strcmp(fmt, "luks") != 0) {
-        tool_error("Format driver '%s' does not support option amendment", fmt);
-        goto out;
-    }
-    if (!(opts = parse_amend_options(a, fmt)))
-        goto out;
-    if (vimg_image_amend(node, opts, a->is_forced, &err) < 0) {
-        tool_error("%s", err.msg);
-        goto out;
-    }
-    ret = 0;
 out:
-    vimg_opts_free(opts);
-    vimg_close(node);
+    tool_meter_end(&meter);
     return ret;
 }
 

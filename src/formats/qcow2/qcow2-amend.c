@@ -21,6 +21,15 @@
  * that a failing downgrade keeps them, as in qemu-img.
  *
  * encrypt.* (LUKS key slots) is qcow2-crypt.c's.
+ *
+ * Progress is reported as qemu-img reports it, so that `amend -p` prints the
+ * same figures: the operations that take time (upgrade, refcount width,
+ * downgrade, and a key slot change, which reports nothing) each count their
+ * own work units; the total is projected from the operations done so far.
+ * An upgrade is 2 units; a refcount width change is 3 passes over every
+ * refcount table entry, as QEMU walks the table (twice to allocate, once to
+ * write; QEMU needs a fourth pass now and then, which vimg does not mimic);
+ * a downgrade is one unit per L1 entry, active table then snapshots.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -28,6 +37,41 @@
 #include <string.h>
 
 #include "formats/qcow2/qcow2.h"
+
+/* The operations that report progress, and how much of it is theirs. */
+enum qcow2_amend_op { AMEND_OP_NONE, AMEND_OP_UPGRADE, AMEND_OP_REFCOUNT, AMEND_OP_DOWNGRADE };
+
+struct qcow2_amend_progress {
+    vimg_progress_fn *fn;
+    void *opaque;
+    unsigned total_ops;
+    unsigned ops_done;          /* operations finished before the current one */
+    enum qcow2_amend_op current, last;
+    uint64_t done_before;       /* units of the finished operations */
+    uint64_t last_size;         /* units of the operation last reported */
+};
+
+/* Reports done of size units of the current operation, the total projected. */
+static void
+qcow2_amend_report(struct qcow2_amend_progress *pr, uint64_t done, uint64_t size)
+{
+    uint64_t so_far, projected;
+
+    if (!pr->fn || !pr->total_ops)
+        return;
+    if (pr->current != pr->last) {
+        if (pr->last != AMEND_OP_NONE) {
+            pr->done_before += pr->last_size;
+            pr->ops_done++;
+        }
+        pr->last = pr->current;
+    }
+    pr->last_size = size;
+    so_far = pr->done_before + size;
+    /* The operations still to come are guessed as large as the average so far. */
+    projected = so_far * (pr->total_ops - pr->ops_done - 1) / (pr->ops_done + 1);
+    pr->fn(pr->done_before + done, so_far + projected, pr->opaque);
+}
 
 /* What amend asked for; has_* says a key was given. */
 struct qcow2_amend_params {
@@ -40,6 +84,7 @@ struct qcow2_amend_params {
     const char *data_file;      /* NULL when not given */
     bool has_data_file_raw;
     bool is_data_file_raw;
+    bool has_encrypt;           /* encrypt.* keys: a key slot change */
 };
 
 static const char qcow2_lazy_v3_text[] = "Lazy refcounts only supported with compatibility "
@@ -64,8 +109,10 @@ qcow2_amend_parse_key(struct vimg_node *node, struct vimg_opts *opts, const char
 {
     struct qcow2_state *s = node->state;
 
-    if (strcmp(key, "encrypt") == 0)
+    if (strcmp(key, "encrypt") == 0) {
+        p->has_encrypt = true;
         return 0;   /* key slots: qcow2_crypt_amend */
+    }
     if (strcmp(key, "compat") == 0)
         return qcow2_amend_parse_compat(vimg_opts_get(opts, key), &p->version, err);
     if (strcmp(key, "lazy_refcounts") == 0) {
@@ -172,13 +219,17 @@ qcow2_amend_drop_v3_exts(struct qcow2_state *s)
 }
 
 static int
-qcow2_amend_upgrade(struct vimg_node *node, struct vimg_error *err)
+qcow2_amend_upgrade(struct vimg_node *node, struct qcow2_amend_progress *pr,
+                    struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
     int ret;
 
+    pr->current = AMEND_OP_UPGRADE;
+    qcow2_amend_report(pr, 0, 2);
     if ((ret = qcow2_flush_metadata(node, err)) < 0)
         return ret;
+    qcow2_amend_report(pr, 1, 2);
     if (s->cluster_size > 4096 && (ret = qcow2_amend_add_feature_table(s, err)) < 0)
         return ret;
     s->hdr.version = 3;
@@ -188,7 +239,10 @@ qcow2_amend_upgrade(struct vimg_node *node, struct vimg_error *err)
     s->hdr.refcount_order = 4;
     s->hdr.header_length = QCOW2_V3_HEADER_LENGTH;
     s->hdr.compression_type = QCOW2_COMPRESSION_ZLIB;
-    return qcow2_write_header(node, err);
+    if ((ret = qcow2_write_header(node, err)) < 0)
+        return ret;
+    qcow2_amend_report(pr, 2, 2);
+    return 0;
 }
 
 static int
@@ -334,14 +388,30 @@ qcow2_amend_switch_refcounts(struct vimg_node *node, uint32_t order, uint64_t ta
  * that leaves the old structures in charge and the new ones as clusters
  * nothing counts or references.
  */
+/* Reports refcount table passes [first, last) of 3 as done, entry by entry. */
+static void
+qcow2_amend_report_passes(struct qcow2_amend_progress *pr, uint64_t rt_entries,
+                          unsigned first, unsigned last)
+{
+    for (unsigned pass = first; pass < last; pass++) {
+        for (uint64_t i = 0; i < rt_entries; i++)
+            qcow2_amend_report(pr, pass * rt_entries + i, 3 * rt_entries);
+        qcow2_amend_report(pr, (pass + 1) * rt_entries, 3 * rt_entries);
+    }
+}
+
 static int
-qcow2_amend_refcount_order(struct vimg_node *node, uint32_t order, struct vimg_error *err)
+qcow2_amend_refcount_order(struct vimg_node *node, uint32_t order,
+                           struct qcow2_amend_progress *pr, struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
     uint64_t rb_entries = (uint64_t)s->cluster_size * 8 >> order;
     uint64_t old_table = s->hdr.refcount_table_offset >> s->cluster_bits;
+    uint64_t rt_entries = (uint64_t)s->hdr.refcount_table_clusters * s->cluster_size / 8;
     uint64_t end, n_blocks, n_table, total, *rc = NULL, *grown;
     int ret;
+
+    pr->current = AMEND_OP_REFCOUNT;
 
     if ((ret = qcow2_flush_metadata(node, err)) < 0 ||
         (ret = qcow2_used_end(node, &end, err)) < 0 ||
@@ -354,6 +424,8 @@ qcow2_amend_refcount_order(struct vimg_node *node, uint32_t order, struct vimg_e
     }
     for (uint64_t i = 0; i < s->hdr.refcount_table_clusters && old_table + i < end; i++)
         rc[old_table + i] = 0;
+    /* Reading the counts and sizing the new structures: QEMU's two allocating passes. */
+    qcow2_amend_report_passes(pr, rt_entries, 0, 2);
     qcow2_amend_size_refcounts(s, end, rb_entries, &n_blocks, &n_table);
     total = end + n_blocks + n_table;
     if (!(grown = realloc(rc, total * sizeof(*rc)))) {
@@ -367,6 +439,7 @@ qcow2_amend_refcount_order(struct vimg_node *node, uint32_t order, struct vimg_e
     free(rc);
     if (ret < 0 || (ret = vimg_node_flush(node->file, err)) < 0)
         return ret;
+    qcow2_amend_report_passes(pr, rt_entries, 2, 3);
     return qcow2_amend_switch_refcounts(node, order, (end + n_blocks) << s->cluster_bits,
                                         n_table, err);
 }
@@ -518,18 +591,39 @@ qcow2_amend_unzero_l2(struct vimg_node *node, uint64_t l2_offset, struct vimg_er
     return 0;
 }
 
+/* A downgrade's walk over the L1 entries, reported entry by entry. */
+struct qcow2_amend_walk {
+    struct qcow2_amend_progress *pr;
+    uint64_t visited, total;
+};
+
 static int
 qcow2_amend_unzero_l1(struct vimg_node *node, const uint64_t *l1, uint32_t l1_size,
                       void *opaque, struct vimg_error *err)
 {
+    struct qcow2_amend_walk *w = opaque;
     int ret;
 
-    (void)opaque;
     for (uint32_t i = 0; i < l1_size; i++) {
         uint64_t l2_offset = l1[i] & QCOW2_OFFSET_MASK;
         if (l2_offset && (ret = qcow2_amend_unzero_l2(node, l2_offset, err)) < 0)
             return ret;
+        qcow2_amend_report(w->pr, ++w->visited, w->total);
     }
+    return 0;
+}
+
+/* Counts the L1 entries: a downgrade's work units. */
+static int
+qcow2_amend_count_l1(struct vimg_node *node, const uint64_t *l1, uint32_t l1_size,
+                     void *opaque, struct vimg_error *err)
+{
+    struct qcow2_amend_walk *w = opaque;
+
+    (void)node;
+    (void)l1;
+    (void)err;
+    w->total += l1_size;
     return 0;
 }
 
@@ -539,14 +633,18 @@ qcow2_amend_unzero_l1(struct vimg_node *node, const uint64_t *l1, uint32_t l1_si
  * open); they are removed here instead, so that the image checks clean.
  */
 static int
-qcow2_amend_downgrade(struct vimg_node *node, struct vimg_error *err)
+qcow2_amend_downgrade(struct vimg_node *node, struct qcow2_amend_progress *pr,
+                      struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
+    struct qcow2_amend_walk w = { .pr = pr };
     int ret;
 
+    pr->current = AMEND_OP_DOWNGRADE;
     if ((ret = qcow2_amend_check_downgrade(node, err)) < 0 ||
         (ret = qcow2_bitmaps_drop_all(node, err)) < 0 ||
-        (ret = qcow2_amend_for_each_l1(node, qcow2_amend_unzero_l1, NULL, err)) < 0 ||
+        (ret = qcow2_amend_for_each_l1(node, qcow2_amend_count_l1, &w, err)) < 0 ||
+        (ret = qcow2_amend_for_each_l1(node, qcow2_amend_unzero_l1, &w, err)) < 0 ||
         (ret = qcow2_flush_metadata(node, err)) < 0)
         return ret;
     qcow2_amend_drop_v3_exts(s);
@@ -624,7 +722,7 @@ qcow2_amend_data_file(struct vimg_node *node, const struct qcow2_amend_params *p
 
 static int
 qcow2_amend_header(struct vimg_node *node, const struct qcow2_amend_params *p, bool is_before,
-                   struct vimg_error *err)
+                   struct qcow2_amend_progress *pr, struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
     bool is_lazy = s->hdr.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS;
@@ -632,10 +730,10 @@ qcow2_amend_header(struct vimg_node *node, const struct qcow2_amend_params *p, b
 
     pthread_mutex_lock(&s->lock);
     if (is_before && p->version > s->hdr.version)
-        ret = qcow2_amend_upgrade(node, err);
+        ret = qcow2_amend_upgrade(node, pr, err);
     if (ret == 0 && is_before && p->refcount_bits != s->refcount_bits)
         ret = qcow2_amend_refcount_order(node, (uint32_t)__builtin_ctzll(p->refcount_bits),
-                                         err);
+                                         pr, err);
     if (ret == 0 && is_before && (p->data_file || (p->has_data_file_raw &&
                                                    p->is_data_file_raw != s->is_data_file_raw)))
         ret = qcow2_amend_data_file(node, p, err);
@@ -643,25 +741,29 @@ qcow2_amend_header(struct vimg_node *node, const struct qcow2_amend_params *p, b
         s->hdr.version >= 3)
         ret = qcow2_amend_set_lazy(node, p->has_lazy_refcounts, err);
     if (ret == 0 && !is_before && p->version < s->hdr.version)
-        ret = qcow2_amend_downgrade(node, err);
+        ret = qcow2_amend_downgrade(node, pr, err);
     pthread_mutex_unlock(&s->lock);
     return ret;
 }
 
 int
 qcow2_amend(struct vimg_node *node, struct vimg_opts *opts, bool is_forced,
-            struct vimg_error *err)
+            vimg_progress_fn *progress, void *opaque, struct vimg_error *err)
 {
     struct qcow2_state *s = node->state;
     struct qcow2_amend_params p = { 0 };
+    struct qcow2_amend_progress pr = { .fn = progress, .opaque = opaque };
     int ret;
 
-    if ((ret = qcow2_amend_parse(node, opts, &p, err)) < 0 ||
-        (ret = qcow2_crypt_amend(node, opts, is_forced, err)) < 0 ||
-        (ret = qcow2_amend_header(node, &p, true, err)) < 0)
+    if ((ret = qcow2_amend_parse(node, opts, &p, err)) < 0)
+        return ret;
+    pr.total_ops = (p.version != s->hdr.version) + (p.refcount_bits != s->refcount_bits) +
+                   p.has_encrypt;
+    if ((ret = qcow2_crypt_amend(node, opts, is_forced, err)) < 0 ||
+        (ret = qcow2_amend_header(node, &p, true, &pr, err)) < 0)
         return ret;
     if (p.has_size && p.size != s->hdr.size &&
         (ret = qcow2_truncate(node, p.size, false, VIMG_PREALLOC_OFF, err)) < 0)
         return ret;
-    return qcow2_amend_header(node, &p, false, err);
+    return qcow2_amend_header(node, &p, false, &pr, err);
 }

@@ -375,7 +375,7 @@ int qcow2_rw_vmstate(struct vimg_node *node, uint64_t offset, uint64_t bytes,
 
 /* qcow2-amend.c: the driver's amend op; takes s->lock. */
 int qcow2_amend(struct vimg_node *node, struct vimg_opts *opts, bool is_forced,
-                struct vimg_error *err);
+                vimg_progress_fn *progress, void *opaque, struct vimg_error *err);
 
 /* qcow2-bitmap.c: the driver's bitmap op; takes s->lock. */
 int qcow2_bitmap(struct vimg_node *node, const struct vimg_bitmap_op *op, struct vimg_error *err);
