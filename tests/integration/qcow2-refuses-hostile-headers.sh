@@ -6,8 +6,9 @@
 # and vimg-io, and that refusing them allocates nothing near the claimed
 # size (peak RSS stays small: the size is checked before it sizes a buffer).
 # Fields that QEMU accepts (tables past the end of the file) open in both.
+# A refcount table of zeros makes `amend -o refcount_bits` fail cleanly.
 source "$(dirname "$0")/lib.sh"
-need qemu-img qemu-io /usr/bin/time
+need qemu-img qemu-io /usr/bin/time python3
 
 qemu-img create -q -f qcow2 base.qcow2 4M
 qemu-io -c "write -P 1 0 128k" base.qcow2 >/dev/null
@@ -50,4 +51,23 @@ hostile size-huge           64 24 0x7fffffffffffffff
 hostile cluster-bits-40     32 20 40
 hostile refcount-order-7    32 96 7
 grep -q "Snapshot table too large" i9.v || fail "snapshot count not refused as QEMU does"
+
+# A refcount table pointing at a cluster of zeros: every refcount reads 0.
+# qemu-img amend -o refcount_bits=8 dies of SIGSEGV on such an image; vimg
+# refuses it, naming the file, and leaves it untouched; `check -r all`
+# repairs it, after which the amend works and the image checks clean.
+qemu-img create -q -f qcow2 -o cluster_size=4k zrt.qcow2 4M
+qemu-io -c "write -P 0 0 64k" -c "write -P 3 1M 64k" zrt.qcow2 >/dev/null
+zero_cluster=$(qemu-img map --output=json zrt.qcow2 |
+               python3 -c 'import json,sys; print([e for e in json.load(sys.stdin) if e["data"]][0]["offset"])')
+poke_be64 zrt.qcow2 48 "$zero_cluster"
+cp zrt.qcow2 zrt.before
+"$VIMG" amend -o refcount_bits=8 zrt.qcow2 >am.out 2>&1 && fail "amend of zeroed refcounts succeeded"
+grep -qx "vimg: Cannot change the refcount width of 'zrt.qcow2': its refcount structures are corrupt (the header cluster has refcount 0); repair it with 'check -r all' first" am.out ||
+    fail "amend of zeroed refcounts: $(cat am.out)"
+cmp -s zrt.qcow2 zrt.before || fail "the refused amend changed the image"
+"$VIMG" check -r all zrt.qcow2 >/dev/null 2>&1
+"$VIMG" amend -o refcount_bits=8 zrt.qcow2 || fail "amend after the repair"
+qemu-img check -q zrt.qcow2 || fail "image after repair and amend does not check clean"
+qemu-io -c "read -P 3 1M 64k" zrt.qcow2 | grep -q "^read 65536/65536" || fail "data lost"
 pass

@@ -417,6 +417,13 @@ qcow2_amend_refcount_order(struct vimg_node *node, uint32_t order,
         (ret = qcow2_used_end(node, &end, err)) < 0 ||
         (ret = qcow2_amend_read_refcounts(node, end, UINT32_C(1) << order, &rc, err)) < 0)
         return ret;
+    /* Counts that miss the header itself are garbage: new ones built from them would be too. */
+    if (end == 0 || rc[0] == 0) {
+        free(rc);
+        return vimg_error_set(err, EIO, "Cannot change the refcount width of '%s': its refcount "
+                              "structures are corrupt (the header cluster has refcount 0); "
+                              "repair it with 'check -r all' first", node->filename);
+    }
     for (uint32_t i = 0; i < s->rt_size; i++) {
         uint64_t block = (s->rt[i] & QCOW2_RT_OFFSET_MASK) >> s->cluster_bits;
         if (block && block < end)
