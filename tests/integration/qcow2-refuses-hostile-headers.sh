@@ -6,7 +6,9 @@
 # and vimg-io, and that refusing them allocates nothing near the claimed
 # size (peak RSS stays small: the size is checked before it sizes a buffer).
 # Fields that QEMU accepts (tables past the end of the file) open in both.
-# A refcount table of zeros makes `amend -o refcount_bits` fail cleanly.
+# A refcount table of zeros makes `amend -o refcount_bits` fail cleanly; one
+# past the end of the file makes allocations a corruption event, not an
+# overwrite of the header.
 source "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io /usr/bin/time python3
 
@@ -70,4 +72,35 @@ cmp -s zrt.qcow2 zrt.before || fail "the refused amend changed the image"
 "$VIMG" amend -o refcount_bits=8 zrt.qcow2 || fail "amend after the repair"
 qemu-img check -q zrt.qcow2 || fail "image after repair and amend does not check clean"
 qemu-io -c "read -P 3 1M 64k" zrt.qcow2 | grep -q "^read 65536/65536" || fail "data lost"
+
+# A refcount table far past the end of the file reads as zeros: every
+# cluster, the header included, looks free. Allocating one must not hand out
+# the header: as QEMU's overlap check, a fatal corruption event (image marked
+# corrupt, EIO), with qemu-img's messages. QEMU then still writes a refcount
+# table entry at the bogus offset (the file grows to about 3.8 GB, sparse);
+# vimg writes nothing more.
+qemu-img create -q -f qcow2 -o cluster_size=4k far.qcow2 4M
+qemu-io -c "write -P 1 0 64k" far.qcow2 >/dev/null
+poke_be64 far.qcow2 48 0xe6000000
+for cmd in "resize IMG 8M" "snapshot -c s2 IMG"; do
+    cp far.qcow2 far-q.qcow2
+    cp far.qcow2 far-v.qcow2
+    # shellcheck disable=SC2086
+    qemu-img ${cmd/IMG/far-q.qcow2} >far.q.raw 2>&1; echo "exit=$?" >>far.q.raw
+    # shellcheck disable=SC2086
+    "$VIMG" ${cmd/IMG/far-v.qcow2} >far.v.raw 2>&1; echo "exit=$?" >>far.v.raw
+    norm far.q.raw | sed 's/far-q/far-X/g' >far.q
+    norm far.v.raw | sed 's/far-v/far-X/g' >far.v
+    expect_same far.q far.v "$cmd with the refcount table past the end"
+    grep -q "overlaps with qcow2_header" far.v || fail "$cmd: no corruption event"
+    [ "$(stat -c %s far-v.qcow2)" -le "$(stat -c %s far.qcow2)" ] ||
+        fail "$cmd: vimg grew the file to $(stat -c %s far-v.qcow2) bytes"
+    qemu-img info --output=json far-v.qcow2 | grep -q '"corrupt": true' ||
+        fail "$cmd: the image is not marked corrupt"
+done
+cp far.qcow2 far-v.qcow2
+"$VIMG_IO" -c "write -P 5 0 128k" far-v.qcow2 >far.io 2>&1
+grep -qx "write failed: Input/output error" far.io || fail "vimg-io write: $(cat far.io)"
+qemu-io -r -c "read -P 1 0 64k" far-v.qcow2 | grep -q "^read 65536/65536" ||
+    fail "the failed write damaged the data"
 pass

@@ -127,6 +127,34 @@ qcow2_detect_metadata_prealloc(struct vimg_node *node)
     return hits >= threshold;
 }
 
+/*
+ * Refcounts that call a cluster of the header, the active L1 table, the
+ * refcount table or the bitmap directory free are corrupt: handing it out
+ * would overwrite that metadata. As QEMU's overlap check, this is a fatal
+ * corruption event (image marked corrupt, the request fails with EIO).
+ */
+static int
+qcow2_check_free_run(struct vimg_node *node, uint64_t first, uint64_t n,
+                     struct vimg_error *err)
+{
+    struct qcow2_state *s = node->state;
+    uint64_t start = first * s->cluster_size, end = (first + n) * s->cluster_size;
+    const struct { const char *name; uint64_t off, len; } meta[] = {
+        { "qcow2_header", 0, s->cluster_size },
+        { "active L1 table", s->hdr.l1_table_offset, (uint64_t)s->l1_size * 8 },
+        { "refcount table", s->hdr.refcount_table_offset,
+          (uint64_t)s->hdr.refcount_table_clusters * s->cluster_size },
+        { "bitmap directory", s->bitmaps_dir_offset, s->bitmaps_dir_size },
+    };
+
+    for (size_t i = 0; i < sizeof(meta) / sizeof(meta[0]); i++) {
+        if (meta[i].len && meta[i].off < end && start < meta[i].off + meta[i].len)
+            return qcow2_corruption_error(node, err, "Preventing invalid write on metadata "
+                                          "(overlaps with %s)", meta[i].name);
+    }
+    return 0;
+}
+
 /* First run of n clusters with refcount 0, from free_cluster_index on. */
 static int
 qcow2_find_free(struct vimg_node *node, uint64_t n, uint64_t *first, struct vimg_error *err)
@@ -141,7 +169,7 @@ qcow2_find_free(struct vimg_node *node, uint64_t n, uint64_t *first, struct vimg
         if (i / s->rb_entries >= s->rt_size) {
             /* Nothing past the table's reach is in use. */
             *first = i - run;
-            return 0;
+            return qcow2_check_free_run(node, *first, n, err);
         }
         if ((ret = qcow2_get_refcount(node, i, &rc, err)) < 0)
             return ret;
@@ -155,7 +183,7 @@ qcow2_find_free(struct vimg_node *node, uint64_t n, uint64_t *first, struct vimg
         }
         if (++run == n) {
             *first = i + 1 - n;
-            return 0;
+            return qcow2_check_free_run(node, *first, n, err);
         }
     }
 }
