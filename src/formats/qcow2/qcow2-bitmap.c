@@ -825,6 +825,13 @@ qcow2_track_free(struct qcow2_bitmap_track *t)
     free(t);
 }
 
+void
+qcow2_bitmaps_forget(struct qcow2_state *s)
+{
+    qcow2_track_free(s->bitmap_track);
+    s->bitmap_track = NULL;
+}
+
 /* Loads the consistent bitmaps of d into t and flags them in use in d. */
 static int
 qcow2_track_load(struct vimg_node *node, struct qcow2_bitmap_dir *d,

@@ -326,6 +326,7 @@ qcow2_close(struct vimg_node *node)
 
     if (is_writing)
         qcow2_bitmaps_store(node, NULL);
+    qcow2_bitmaps_forget(s);    /* an unusable node stores nothing: its bitmaps stay in use */
     if (is_writing && qcow2_flush_metadata(node, NULL) == 0 &&
         (s->hdr.incompatible_features & QCOW2_INCOMPAT_DIRTY))
         qcow2_mark_clean_on_close(node);

@@ -386,6 +386,8 @@ int qcow2_bitmaps_mark_dirty(struct vimg_node *node, uint64_t offset, uint64_t b
                              struct vimg_error *err);
 /* Stores the bitmaps that recorded writes (at close). */
 int qcow2_bitmaps_store(struct vimg_node *node, struct vimg_error *err);
+/* Drops what the bitmaps recorded without storing it (close of an unusable node). */
+void qcow2_bitmaps_forget(struct qcow2_state *s);
 /* After a resize from old_size: the bitmaps take the new size (stored at close); lock held. */
 int qcow2_bitmaps_resize(struct vimg_node *node, uint64_t old_size, struct vimg_error *err);
 /* Removes every bitmap and the bitmaps extension (amend's downgrade); lock held. */
