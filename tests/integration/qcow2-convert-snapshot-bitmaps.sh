@@ -138,7 +138,7 @@ done
 convert_both l-raw -O raw -l s1 raw.img
 convert_both l-multi -O raw -l s1 src.qcow2 src.qcow2
 convert_both l-multi-opts -O raw -l snapshot.id=1 src.qcow2 src.qcow2
-# -s NAME (qemu-img until 6.0; 7.2 rejects it) is -l with a bare ID or name.
+# -s NAME (qemu-img before 3.0; 7.2 rejects it) is -l with a bare ID or name.
 for sn in s1 2 nope; do
     qemu-img convert -O raw -l "$sn" src.qcow2 s.q >s.q.out 2>&1; echo "exit=$?" >>s.q.out
     "$VIMG" convert -O raw -s "$sn" src.qcow2 s.v >s.v.out 2>&1; echo "exit=$?" >>s.v.out
