@@ -22,8 +22,9 @@
  *
  * -l reads the first source's internal snapshot (loaded read-only, as
  * qemu-img does); -s NAME, which qemu-img had until 3.0, is -l with a bare
- * ID or name (7.2 rejects it; vimg keeps it for old scripts); --bitmaps copies the persistent bitmaps of the (single)
- * source into the target after the data.
+ * ID or name (7.2 rejects it; vimg keeps it for old scripts). --bitmaps
+ * copies the persistent bitmaps of the (single) source into the target
+ * after the data.
  */
 #include <errno.h>
 #include <getopt.h>
