@@ -59,6 +59,15 @@ for raw in off on; do
 done
 [ "$n" = 38 ] || fail "ran $n of 38 cases"
 
+# An image without a data file: data_file_raw=off is a no-op, the rest refused.
+for o in data_file_raw=off data_file_raw=on data_file=x.raw data_file=; do
+    for t in q v; do
+        rm -rf "$t" && mkdir "$t" && (cd "$t" && qemu-img create -q -f qcow2 i.qcow2 1M &&
+            touch d.raw) || fail "setup plain"
+    done
+    both "no data file" amend -o "$o" i.qcow2
+done
+
 # A name too long for the header cluster.
 for t in q v; do
     rm -rf "$t" && mkdir "$t" &&
