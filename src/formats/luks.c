@@ -377,12 +377,13 @@ static int
 luks_amend(struct vimg_node *node, struct vimg_opts *opts, bool is_forced,
            vimg_progress_fn *progress, void *opaque, struct vimg_error *err)
 {
+    struct luks_state *s = node->state;
+    int ret;
+
     (void)progress;     /* QEMU's LUKS amend reports no progress either */
     (void)opaque;
-    struct luks_state *s = node->state;
-    int ret = vimg_luks_amend(s->luks, opts, "", is_forced, luks_read_header,
-                              luks_write_header, node->file, err);
-
+    ret = vimg_luks_amend(s->luks, opts, "", is_forced, luks_read_header, luks_write_header,
+                          node->file, err);
     return ret < 0 ? ret : vimg_node_flush(node->file, err);
 }
 

@@ -381,13 +381,6 @@ qcow2_amend_switch_refcounts(struct vimg_node *node, uint32_t order, uint64_t ta
     return qcow2_load_refcount_table(node, err);
 }
 
-/*
- * New refcount structures of width 2^order, built after the last cluster in
- * use; the header switches to them in one write, and with it the clusters of
- * the old ones become free (the new counts say so already). A crash before
- * that leaves the old structures in charge and the new ones as clusters
- * nothing counts or references.
- */
 /* Reports refcount table passes [first, last) of 3 as done, entry by entry. */
 static void
 qcow2_amend_report_passes(struct qcow2_amend_progress *pr, uint64_t rt_entries,
@@ -400,6 +393,13 @@ qcow2_amend_report_passes(struct qcow2_amend_progress *pr, uint64_t rt_entries,
     }
 }
 
+/*
+ * New refcount structures of width 2^order, built after the last cluster in
+ * use; the header switches to them in one write, and with it the clusters of
+ * the old ones become free (the new counts say so already). A crash before
+ * that leaves the old structures in charge and the new ones as clusters
+ * nothing counts or references.
+ */
 static int
 qcow2_amend_refcount_order(struct vimg_node *node, uint32_t order,
                            struct qcow2_amend_progress *pr, struct vimg_error *err)
