@@ -92,8 +92,11 @@ done
 same info --output=json "ssh://root@127.0.0.1:$port$D/d.raw?$NO"
 
 # Fingerprints and known_hosts entries that do not match, and settings that mean nothing.
+# The wrong sha256 differs in its first digit (a substitution such as a->b left
+# the fingerprint valid for host keys whose hash has no "a").
+[ "${sha256:0:1}" = 0 ] && wrong_sha256=1${sha256:1} || wrong_sha256=0${sha256:1}
 for q in "host_key_check=md5:00:11" "host_key_check=sha1:${sha1:0:30}" \
-         "host_key_check=sha256:${sha256/a/b}" "host_key_check=sha256:$sha256_b64" \
+         "host_key_check=sha256:$wrong_sha256" "host_key_check=sha256:$sha256_b64" \
          "host_key_check=foo" "host_key_check=foo:bar" "host_key_check=sha512:$sha256"; do
     fails_same info "$BASE/d.raw?$q"
 done
